@@ -1,0 +1,28 @@
+"""The data contract every source is mapped to (see DESIGN.md, "The data contract")."""
+
+from __future__ import annotations
+
+INTERACTION_COLUMNS: dict[str, str] = {
+    "user_id": "string",
+    "item_id": "string",
+    "event_time": "datetime64[ns, UTC]",
+    "quantity": "int64",
+    "price": "float64",
+    "order_id": "string",
+    "country": "string",
+}
+OPTIONAL_INTERACTION_COLUMNS: dict[str, str] = {"event_type": "string"}
+
+CATALOG_COLUMNS: dict[str, str] = {
+    "item_id": "string",
+    "title": "string",
+    "category": "string",
+    "price": "float64",
+}
+
+# Landing file names say what they hold; anything else in landing/ is left alone and reported.
+INTERACTIONS_PREFIX = "interactions"
+CATALOG_PREFIX = "catalog"
+
+# The column the quarantine adds to every bad row: the rules it broke, ";"-separated.
+REASON_COLUMN = "quarantine_reason"

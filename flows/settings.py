@@ -1,0 +1,106 @@
+"""The one settings object: every path, URI and threshold freshrec uses.
+
+Flow parameters are this model, so the Prefect UI renders it as a form. Environment variables
+prefixed with ``FRESHREC_`` override any field (``FRESHREC_HOME`` moves all state), and the
+standard ``MLFLOW_TRACKING_URI`` is honoured. Prefect reads ``PREFECT_API_URL`` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRESHREC_", extra="forbid")
+
+    # --- where state lives ---------------------------------------------------------------
+    # One directory holds a default run's state, so a demo is one `rm -r` away from clean.
+    home: Path = Path(".freshrec")
+    # Paths left empty are derived from `home` (see `_derive_paths`).
+    landing_dir: Path | None = None
+    accepted_dir: Path | None = None
+    quarantine_dir: Path | None = None
+    reports_dir: Path | None = None
+    checkpoints_dir: Path | None = None
+    # SQLite beside the data by default; any SQLAlchemy URL (PostgreSQL) at scale.
+    ledger_url: str | None = None
+    # Local SQLite store by default; a tracking server at scale. MLFLOW_TRACKING_URI wins.
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FRESHREC_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+    )
+    # Artifact root for experiments freshrec creates; ignored when a server owns artifacts.
+    mlflow_artifacts_dir: Path | None = None
+    experiment_name: str = "freshrec"
+    registered_model_name: str = "ecommerce-recommender"
+    champion_alias: str = "champion"
+
+    # --- validation -------------------------------------------------------------------------
+    # More bad rows than this share means the producer is broken, not the rows: reject the batch.
+    max_bad_row_share: float = 0.2
+    # Events dated before this are from a misconfigured clock or a wrong file.
+    earliest_event_time: str = "2000-01-01"
+
+    # --- drift and the update decision ----------------------------------------------------------
+    # Evidently flags a column when its distance to the reference passes 0.1 (Wasserstein /
+    # Jensen-Shannon); update when at least this share of the monitored columns drifted.
+    drift_share_threshold: float = 0.3
+    # Rows accepted since the champion was trained; past this, fresh data is worth a fine-tune
+    # even without drift (about three weeks of the demo's traffic).
+    volume_threshold_rows: int = 12_000
+    # Fewer new rows than this cannot support a fine-tune and an honest evaluation.
+    min_new_rows: int = 1_000
+    # Rows kept with each champion as the drift reference; bounded so drift costs O(batch).
+    reference_sample_rows: int = 20_000
+
+    # --- training -----------------------------------------------------------------------------
+    # Embedding width: enough for ~10k items on a CPU; raise with the catalog.
+    embedding_dim: int = 32
+    # Items of a user's history pooled into the user vector (most recent first).
+    history_length: int = 20
+    batch_size: int = 1024
+    # Scratch training sees the whole history; these many passes converge on the demo data.
+    scratch_epochs: int = 10
+    scratch_learning_rate: float = 0.01
+    # A fine-tune starts near a good optimum: fewer passes at a lower rate keep what it knew.
+    finetune_epochs: int = 4
+    finetune_learning_rate: float = 0.005
+    # Replayed history rows per new row, so a fine-tune does not forget older tastes.
+    replay_ratio: float = 1.0
+    # Softmax temperature of the in-batch loss.
+    temperature: float = 0.1
+    # "auto" takes CUDA when present; "cpu" or "cuda" force it.
+    device: str = "auto"
+    seed: int = 0
+
+    # --- evaluation and promotion -------------------------------------------------------------
+    # Cut-off of the ranked list scored by Recall@K.
+    eval_k: int = 20
+    # Newest share of the new data held out (by time) to compare challenger and champion.
+    holdout_fraction: float = 0.2
+    # A first champion must beat this Recall@K (a random ranker scores about K / n_items).
+    min_recall: float = 0.02
+    # Absolute Recall@K gain a challenger needs over the champion on the same slice.
+    min_improvement: float = 0.0
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        home = self.home
+        for name, sub in (
+            ("landing_dir", "landing"),
+            ("accepted_dir", "accepted"),
+            ("quarantine_dir", "quarantine"),
+            ("reports_dir", "reports"),
+            ("checkpoints_dir", "checkpoints"),
+            ("mlflow_artifacts_dir", "mlartifacts"),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, home / sub)
+        if self.ledger_url is None:
+            self.ledger_url = f"sqlite:///{(home / 'ledger.db').resolve()}"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        return self

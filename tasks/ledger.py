@@ -1,0 +1,168 @@
+"""The ledger: one row per landed file, what became of it, and which model consumed it.
+
+SQLAlchemy Core over any URL (SQLite by default, PostgreSQL at scale). Rows in = rows accepted
++ rows quarantined holds for every row, and a database constraint enforces it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("file_name", sa.String(512), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # interactions | catalog
+    sa.Column("status", sa.String(32), nullable=False),  # received | accepted | partially_accepted | rejected | duplicate
+    sa.Column("rows_in", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_accepted", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False, default=0),
+    sa.Column("reasons", sa.Text, nullable=False, default=""),
+    sa.Column("accepted_path", sa.Text, nullable=True),
+    sa.Column("quarantine_path", sa.Text, nullable=True),
+    sa.Column("min_event_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("max_event_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("consumed_by_version", sa.String(32), nullable=True),
+    sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
+)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: int
+    file_name: str
+    sha256: str
+    kind: str
+    status: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    reasons: str
+    accepted_path: str | None
+    quarantine_path: str | None
+    consumed_by_version: str | None
+
+
+def connect(url: str) -> sa.Engine:
+    """Open the ledger, creating its tables on first use."""
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    return engine
+
+
+def find_by_hash(engine: sa.Engine, sha256: str) -> BatchRecord | None:
+    """The first non-duplicate record of this content, if any."""
+    query = (
+        sa.select(batches)
+        .where(batches.c.sha256 == sha256, batches.c.status != "duplicate")
+        .order_by(batches.c.id)
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return _record(row) if row else None
+
+
+def record_received(engine: sa.Engine, file_name: str, sha256: str, size_bytes: int, kind: str, status: str = "received", reasons: str = "") -> int:
+    with engine.begin() as conn:
+        result = conn.execute(
+            batches.insert().values(
+                file_name=file_name,
+                sha256=sha256,
+                size_bytes=size_bytes,
+                received_at=datetime.now(timezone.utc),
+                kind=kind,
+                status=status,
+                rows_in=0,
+                rows_accepted=0,
+                rows_quarantined=0,
+                reasons=reasons,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def record_outcome(
+    engine: sa.Engine,
+    batch_id: int,
+    status: str,
+    rows_in: int,
+    rows_accepted: int,
+    rows_quarantined: int,
+    reasons: str,
+    accepted_path: str | None,
+    quarantine_path: str | None,
+    min_event_time: datetime | None,
+    max_event_time: datetime | None,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            batches.update()
+            .where(batches.c.id == batch_id)
+            .values(
+                status=status,
+                rows_in=rows_in,
+                rows_accepted=rows_accepted,
+                rows_quarantined=rows_quarantined,
+                reasons=reasons,
+                accepted_path=accepted_path,
+                quarantine_path=quarantine_path,
+                min_event_time=min_event_time,
+                max_event_time=max_event_time,
+            )
+        )
+
+
+def unconsumed_batches(engine: sa.Engine) -> list[BatchRecord]:
+    """Accepted interaction batches no model version has been trained on yet, oldest first."""
+    query = (
+        sa.select(batches)
+        .where(
+            batches.c.kind == "interactions",
+            batches.c.status.in_(("accepted", "partially_accepted")),
+            batches.c.consumed_by_version.is_(None),
+        )
+        .order_by(batches.c.id)
+    )
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def consumed_batches(engine: sa.Engine) -> list[BatchRecord]:
+    """Accepted interaction batches some model version was trained on, oldest first."""
+    query = (
+        sa.select(batches)
+        .where(batches.c.kind == "interactions", batches.c.consumed_by_version.is_not(None))
+        .order_by(batches.c.id)
+    )
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def mark_consumed(engine: sa.Engine, batch_ids: list[int], model_version: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            batches.update().where(batches.c.id.in_(batch_ids)).values(consumed_by_version=model_version)
+        )
+
+
+def all_batches(engine: sa.Engine) -> list[BatchRecord]:
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(sa.select(batches).order_by(batches.c.id)).mappings()]
+
+
+def _record(row: sa.RowMapping) -> BatchRecord:
+    return BatchRecord(**{field: row[field] for field in BatchRecord.__dataclass_fields__})
