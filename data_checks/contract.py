@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 INTERACTION_COLUMNS: dict[str, str] = {
     "user_id": "string",
     "item_id": "string",
     "event_time": "datetime64[ns, UTC]",
-    "quantity": "int64",
-    "price": "float64",
+    "quantity": "Int64",
+    "price": "Float64",
     "order_id": "string",
     "country": "string",
 }
@@ -26,3 +28,8 @@ CATALOG_PREFIX = "catalog"
 
 # The column the quarantine adds to every bad row: the rules it broke, ";"-separated.
 REASON_COLUMN = "quarantine_reason"
+
+
+def empty_interactions() -> pd.DataFrame:
+    """No rows, the contract's columns and types: what concatenating nothing should give."""
+    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in INTERACTION_COLUMNS.items()})

@@ -21,7 +21,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from data_checks.contract import INTERACTION_COLUMNS, OPTIONAL_INTERACTION_COLUMNS, REASON_COLUMN
+from data_checks.contract import INTERACTION_COLUMNS, empty_interactions, OPTIONAL_INTERACTION_COLUMNS, REASON_COLUMN
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def row_rules(earliest: pd.Timestamp, latest: pd.Timestamp) -> list[RowRule]:
     ]
 
 
-def read_interactions(path: str) -> pd.DataFrame:
+def read_landing_file(path: str) -> pd.DataFrame:
     """Read a landing file as text, so nothing is lost or guessed before validation."""
     if path.endswith(".parquet"):
         return pd.read_parquet(path).astype("string")
@@ -174,7 +174,7 @@ def _rejected(raw: pd.DataFrame, reasons: list[str]) -> ValidationResult:
     return ValidationResult(
         status="rejected",
         rows_in=len(raw),
-        accepted=pd.DataFrame(columns=list(INTERACTION_COLUMNS)),
+        accepted=empty_interactions(),
         quarantined=quarantined,
         batch_reasons=reasons,
         ge_success=False,

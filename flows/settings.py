@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     # Jensen-Shannon); update when at least this share of the monitored columns drifted.
     drift_share_threshold: float = 0.3
     # Rows accepted since the champion was trained; past this, fresh data is worth a fine-tune
-    # even without drift (about three weeks of the demo's traffic).
-    volume_threshold_rows: int = 12_000
+    # even without drift (about two and a half weeks of the demo shop's traffic).
+    volume_threshold_rows: int = 25_000
     # Fewer new rows than this cannot support a fine-tune and an honest evaluation.
     min_new_rows: int = 1_000
     # Rows kept with each champion as the drift reference; bounded so drift costs O(batch).

@@ -36,12 +36,12 @@ WEEKDAY_WEIGHTS = np.array([1.0, 1.1, 1.1, 1.0, 0.9, 0.35, 0.25])
 
 @dataclass(frozen=True)
 class ShopConfig:
-    """Sizes of the synthetic shop; the defaults give the demo about 5k rows a week."""
+    """Sizes of the synthetic shop; the defaults give the demo about 9.5k rows a week."""
 
     n_users: int = 1_500
     n_items: int = 600
     n_new_items: int = 120  # released when drift starts
-    orders_per_week: int = 900
+    orders_per_week: int = 2_000
     mean_basket: float = 5.0
     repeat_share: float = 0.3  # share of basket lines that re-buy an earlier purchase
     taste_strength: float = 4.0  # how strongly a user prefers their favourite categories

@@ -1,0 +1,61 @@
+"""The bootstrap flow: validate what has landed and train the first champion from scratch."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from flows.settings import Settings
+from tasks.gates import judge_challenger
+from tasks.ingest import ingest_landing, validate_batch
+from tasks.registry import log_training_run, register_champion
+from tasks.report import BatchOutcome, publish_report
+from tasks.tracking import load_champion
+from tasks.training import assemble_training_data, evaluate_models, train_challenger
+
+
+class ChampionExistsError(RuntimeError):
+    pass
+
+
+class NotEnoughDataError(RuntimeError):
+    pass
+
+
+@flow(name="bootstrap")
+def bootstrap(settings: Settings = Settings()) -> State:
+    existing = load_champion(settings)
+    if existing is not None:
+        raise ChampionExistsError(
+            f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
+            "bootstrap trains the first champion; new data goes through the continuous-training flow"
+        )
+    outcomes = []
+    for landed in ingest_landing(settings):
+        validation = validate_batch(landed, settings)
+        outcomes.append(
+            BatchOutcome(
+                validation.file_name, validation.rows_in, validation.rows_accepted,
+                validation.rows_quarantined, validation.status, reasons=validation.reasons,
+            )
+        )
+    data = assemble_training_data(settings, None)
+    if data.rows < settings.min_new_rows:
+        raise NotEnoughDataError(
+            f"only {data.rows:,} accepted rows in {settings.landing_dir}; the first champion needs at least "
+            f"{settings.min_new_rows:,} (settings.min_new_rows)"
+        )
+    challenger = train_challenger(data, None, settings)
+    evaluation = evaluate_models(challenger, None, data, settings)
+    verdict = judge_challenger(evaluation.challenger.recall, None, settings)
+    run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
+    version = register_champion(settings, run_id, model_uri, None, verdict, data) if verdict.promote else None
+    outcomes.append(
+        BatchOutcome(
+            "bootstrap (trained on the above)", data.rows, data.rows, 0, "trained", update=True, reasons=verdict.reasons,
+            challenger_recall=evaluation.challenger.recall, promoted=version is not None, champion_version=version,
+            mlflow_run_id=run_id,
+        )
+    )
+    summary = publish_report("Bootstrap", outcomes)
+    return Completed(message=summary, data=outcomes)

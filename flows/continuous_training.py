@@ -1,0 +1,70 @@
+"""The continuous-training flow: for each new landing file, validate, measure drift, decide, and
+only when it pays fine-tune, evaluate against the champion and register a better model."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from flows.settings import Settings
+from tasks.gates import decide, judge_challenger
+from tasks.ingest import BatchValidation, ingest_landing, validate_batch
+from tasks.monitor import detect_batch_drift, measure_new_volume
+from tasks.registry import log_training_run, register_champion
+from tasks.report import BatchOutcome, publish_report
+from tasks.tracking import load_champion
+from tasks.training import assemble_training_data, evaluate_models, train_challenger
+
+
+class NoChampionError(RuntimeError):
+    pass
+
+
+@flow(name="update-on-batch", flow_run_name="batch-{validation.file_name}")
+def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOutcome:
+    outcome = BatchOutcome(
+        validation.file_name, validation.rows_in, validation.rows_accepted, validation.rows_quarantined, validation.status
+    )
+    champion = load_champion(settings)
+    outcome.champion_version = champion.version
+    drift = detect_batch_drift(validation, champion, settings)
+    decision = decide(drift.drift_share, measure_new_volume(settings), settings)
+    outcome.drift_share, outcome.update, outcome.reasons = drift.drift_share, decision.update, decision.reasons
+    if not decision.update:
+        return outcome
+
+    data = assemble_training_data(settings, champion)
+    challenger = train_challenger(data, champion, settings)
+    evaluation = evaluate_models(challenger, champion, data, settings)
+    verdict = judge_challenger(evaluation.challenger.recall, evaluation.champion.recall, settings)
+    run_id, model_uri = log_training_run(settings, validation.file_name, data, challenger, evaluation, verdict, champion, decision, drift)
+    outcome.challenger_recall, outcome.champion_recall = evaluation.challenger.recall, evaluation.champion.recall
+    outcome.reasons, outcome.mlflow_run_id = decision.reasons + verdict.reasons, run_id
+    if verdict.promote:
+        version = register_champion(settings, run_id, model_uri, champion, verdict, data)
+        outcome.promoted, outcome.champion_version = version is not None, version or champion.version
+    return outcome
+
+
+@flow(name="continuous-training")
+def continuous_training(settings: Settings = Settings()) -> State:
+    """Process every new landing file, oldest first, and say what was decided and why."""
+    if load_champion(settings) is None:
+        raise NoChampionError(
+            f"no {settings.registered_model_name}@{settings.champion_alias} in {settings.mlflow_tracking_uri}: "
+            "run the bootstrap flow first (python -m flows bootstrap)"
+        )
+    outcomes = []
+    for landed in ingest_landing(settings):
+        validation = validate_batch(landed, settings)
+        if landed.kind == "interactions" and validation.rows_accepted > 0:
+            outcomes.append(update_on_batch(validation, settings))
+        else:
+            outcomes.append(
+                BatchOutcome(
+                    validation.file_name, validation.rows_in, validation.rows_accepted,
+                    validation.rows_quarantined, validation.status, reasons=validation.reasons,
+                )
+            )
+    summary = publish_report("Continuous training", outcomes)
+    return Completed(message=summary, data=outcomes)

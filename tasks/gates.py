@@ -1,0 +1,79 @@
+"""The two gates of the workflow, as pure functions of typed signals and settings.
+
+`decide_update` says whether new data is worth a fine-tune; `promotion_verdict` says whether a
+challenger may replace the champion. Both return every reason, so the decision can be audited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import task
+
+from flows.settings import Settings
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    value: float
+    threshold: float
+    fired: bool
+
+
+@dataclass(frozen=True)
+class UpdateDecision:
+    update: bool
+    reasons: list[str]
+    signals: list[Signal] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromotionVerdict:
+    promote: bool
+    reasons: list[str]
+
+
+def decide_update(drift_share: float, new_rows: int, settings: Settings) -> UpdateDecision:
+    """Update iff drift or the rows accumulated since the champion's training cross a threshold,
+    and never on fewer than ``min_new_rows`` new rows."""
+    signals = [
+        Signal("drift_share", drift_share, settings.drift_share_threshold, drift_share >= settings.drift_share_threshold),
+        Signal("new_rows", new_rows, settings.volume_threshold_rows, new_rows >= settings.volume_threshold_rows),
+    ]
+    if new_rows < settings.min_new_rows:
+        return UpdateDecision(
+            False, [f"only {new_rows:,} new rows, fewer than the minimum of {settings.min_new_rows:,}"], signals
+        )
+    fired = [s for s in signals if s.fired]
+    if fired:
+        return UpdateDecision(True, [_describe(s) for s in fired], signals)
+    return UpdateDecision(False, ["no signal crossed its threshold: " + "; ".join(_describe(s) for s in signals)], signals)
+
+
+def promotion_verdict(challenger_recall: float, champion_recall: float | None, settings: Settings) -> PromotionVerdict:
+    """A challenger replaces the champion only when it reaches the minimum quality and beats the
+    champion on the same slice by more than ``min_improvement``."""
+    k = settings.eval_k
+    if challenger_recall < settings.min_recall:
+        return PromotionVerdict(
+            False, [f"challenger Recall@{k} {challenger_recall:.4f} is below the minimum {settings.min_recall:.4f}"]
+        )
+    if champion_recall is None:
+        return PromotionVerdict(True, [f"first champion: Recall@{k} {challenger_recall:.4f} reaches the minimum"])
+    gain = challenger_recall - champion_recall
+    comparison = f"challenger Recall@{k} {challenger_recall:.4f} vs champion {champion_recall:.4f} ({gain:+.4f})"
+    if gain > settings.min_improvement:
+        return PromotionVerdict(True, [f"{comparison} beats the required gain of {settings.min_improvement:+.4f}"])
+    return PromotionVerdict(False, [f"{comparison} does not beat the required gain of {settings.min_improvement:+.4f}"])
+
+
+def _describe(signal: Signal) -> str:
+    relation = ">=" if signal.fired else "<"
+    if signal.name == "new_rows":
+        return f"new rows {signal.value:,.0f} {relation} {signal.threshold:,.0f}"
+    return f"drift share {signal.value:.2f} {relation} {signal.threshold:.2f}"
+
+
+decide = task(name="decide-update")(decide_update)
+judge_challenger = task(name="judge-challenger")(promotion_verdict)

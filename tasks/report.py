@@ -1,0 +1,75 @@
+"""What a run says: one outcome per batch, as a table for people and JSON for machines."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+
+@dataclass
+class BatchOutcome:
+    batch: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    status: str
+    update: bool = False
+    reasons: list[str] = field(default_factory=list)
+    drift_share: float | None = None
+    challenger_recall: float | None = None
+    champion_recall: float | None = None
+    promoted: bool = False
+    champion_version: str | None = None
+    mlflow_run_id: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+COLUMNS = ("batch", "in", "accepted", "quarantined", "status", "drift", "update", "challenger", "champion", "promoted", "champion v")
+
+
+def _cells(o: BatchOutcome) -> list[str]:
+    metric = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    return [
+        o.batch, f"{o.rows_in:,}", f"{o.rows_accepted:,}", f"{o.rows_quarantined:,}", o.status,
+        "-" if o.drift_share is None else f"{o.drift_share:.2f}", "yes" if o.update else "no",
+        metric(o.challenger_recall), metric(o.champion_recall), "yes" if o.promoted else "no", o.champion_version or "-",
+    ]
+
+
+def format_table(outcomes: list[BatchOutcome]) -> str:
+    """A fixed-width table, then one line of reasons per batch."""
+    rows = [list(COLUMNS)] + [_cells(o) for o in outcomes]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    lines += [f"{o.batch}: {'; '.join(o.reasons)}" for o in outcomes if o.reasons]
+    return "\n".join(lines)
+
+
+def format_markdown(title: str, outcomes: list[BatchOutcome]) -> str:
+    header = "| " + " | ".join(COLUMNS) + " | reasons |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
+    body = "".join("| " + " | ".join(_cells(o)) + " | " + "; ".join(o.reasons).replace("|", "/") + " |\n" for o in outcomes)
+    return f"# {title}\n\n" + (header + body if outcomes else "No new landing files.\n")
+
+
+def summarize(outcomes: list[BatchOutcome]) -> str:
+    """One sentence for the flow run's final state: what happened, and why nothing did."""
+    if not outcomes:
+        return "No new landing files: nothing to do."
+    promoted = [o for o in outcomes if o.promoted]
+    if promoted:
+        return f"{len(outcomes)} batch(es); champion is now version {promoted[-1].champion_version}."
+    last = outcomes[-1]
+    return f"{len(outcomes)} batch(es); champion unchanged: {'; '.join(last.reasons) or last.status}."
+
+
+@task(name="publish-report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish_report(title: str, outcomes: list[BatchOutcome]) -> str:
+    create_markdown_artifact(key="freshrec-report", markdown=format_markdown(title, outcomes), description=summarize(outcomes))
+    return summarize(outcomes)

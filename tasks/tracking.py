@@ -1,0 +1,98 @@
+"""MLflow at the edge: the client, the champion's artifacts, and the pyfunc packaging."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.settings import Settings
+
+CHECKPOINT_ARTIFACT = "recommender.pt"
+REFERENCE_ARTIFACT = "reference.parquet"
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The production model as the registry knows it, with its files downloaded locally."""
+
+    version: str
+    run_id: str
+    checkpoint_path: Path
+    reference_path: Path
+    trained_until: pd.Timestamp  # newest event the champion was trained on (its watermark)
+    holdout_recall: float
+
+
+def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
+    """Point MLflow at the configured store and return a client and the experiment id."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None
+    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+        # A local store keeps artifacts beside it, not in ./mlruns of whatever directory ran it.
+        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+        location = settings.mlflow_artifacts_dir.resolve().as_uri()
+    try:
+        return client, client.create_experiment(settings.experiment_name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        return client, client.get_experiment_by_name(settings.experiment_name).experiment_id
+
+
+def champion_version(client: MlflowClient, settings: Settings):
+    """The model version behind the champion alias, or None before the first bootstrap."""
+    try:
+        return client.get_model_version_by_alias(settings.registered_model_name, settings.champion_alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def fetch_champion(settings: Settings) -> ChampionInfo | None:
+    """Download the champion's checkpoint and drift reference (cached by version)."""
+    client, _ = mlflow_client(settings)
+    version = champion_version(client, settings)
+    if version is None:
+        return None
+    cache_dir = settings.home / "cache" / f"{settings.registered_model_name}-v{version.version}"
+    model_dir = cache_dir / "model"
+    if not model_dir.exists():
+        # Download beside the cache and rename, so a crash never leaves a half-filled cache entry.
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir))
+        uri = f"models:/{settings.registered_model_name}/{version.version}"
+        Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging))).replace(model_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    run = client.get_run(version.run_id)
+    return ChampionInfo(
+        version=str(version.version),
+        run_id=version.run_id,
+        checkpoint_path=model_dir / "artifacts" / CHECKPOINT_ARTIFACT,
+        reference_path=model_dir / "artifacts" / REFERENCE_ARTIFACT,
+        trained_until=pd.Timestamp(run.data.params["trained_until"]),
+        holdout_recall=float(run.data.metrics["challenger_recall"]),
+    )
+
+
+@task(name="load-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_champion(settings: Settings) -> ChampionInfo | None:
+    champion = fetch_champion(settings)
+    logger = get_run_logger()
+    if champion is None:
+        logger.info("no %s@%s registered yet", settings.registered_model_name, settings.champion_alias)
+    else:
+        logger.info("champion: %s version %s, trained until %s", settings.registered_model_name, champion.version, champion.trained_until)
+    return champion
