@@ -66,11 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Reset the demo's state, then: three weeks land, bootstrap, six more land, run."""
+    """Reset the demo's state, then: two weeks land, bootstrap, six more land, run."""
     settings = _settings()
     home = settings.home
-    if home.exists() and any(home.iterdir()):
-        if not (home / DEMO_MARKER).exists():
+    if home.exists():
+        precious = [p.name for p in home.iterdir() if p.name in ("ledger.db", "mlflow.db", "accepted")]
+        if precious and not (home / DEMO_MARKER).exists():
             print(
                 f"error: {home} holds state that the demo did not create; set FRESHREC_HOME to another "
                 "directory for the demo, or move it away",
@@ -78,8 +79,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             return 2
         print(f"Resetting the demo state in {home}")
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
+        for entry in home.iterdir():
+            if entry.name == "prefect":  # PREFECT_HOME: run history only, and a UI may be reading it
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    home.mkdir(parents=True, exist_ok=True)
     (home / DEMO_MARKER).write_text("created by `python -m flows demo`; the next demo deletes this directory\n")
 
     generate = argparse.Namespace(landing_dir=None, seed=args.seed, drift_from_week=6, bad_rows_week=[3], broken_week=[4])

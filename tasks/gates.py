@@ -63,7 +63,8 @@ def promotion_verdict(challenger_recall: float, champion_recall: float | None, s
         return PromotionVerdict(True, [f"first champion: Recall@{k} {challenger_recall:.4f} reaches the minimum"])
     gain = challenger_recall - champion_recall
     comparison = f"challenger Recall@{k} {challenger_recall:.4f} vs champion {champion_recall:.4f} ({gain:+.4f})"
-    if gain > settings.min_improvement:
+    # The epsilon keeps a gain of exactly min_improvement (0.30 - 0.29 in floats) from passing.
+    if gain > settings.min_improvement + 1e-9:
         return PromotionVerdict(True, [f"{comparison} beats the required gain of {settings.min_improvement:+.4f}"])
     return PromotionVerdict(False, [f"{comparison} does not beat the required gain of {settings.min_improvement:+.4f}"])
 

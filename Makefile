@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+# No telemetry and no network from Prefect; the demo's Prefect runs are kept with the rest of
+# its state, so `prefect server start` with the same PREFECT_HOME shows them (see README).
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.freshrec/prefect
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/python -m flows demo
+
+# Tests keep Prefect's files out of the demo's state; each test makes its own freshrec home.
+test: $(INSTALLED)
+	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .freshrec .pytest_cache

@@ -1,0 +1,48 @@
+"""Shared fixtures. Every test gets its own freshrec home; nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# A developer's own deployment settings must not leak into the tests.
+for _name in list(os.environ):
+    if _name.startswith("FRESHREC_") or _name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        del os.environ[_name]
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from data_checks.sources.synthetic import ShopConfig  # noqa: E402
+from flows.settings import Settings  # noqa: E402
+
+# A shop small enough that a bootstrap and two updates run in seconds on two CPU cores.
+TINY_SHOP = ShopConfig(n_users=300, n_items=150, n_new_items=40, orders_per_week=500)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings scaled to TINY_SHOP (about 2.5k rows a week)."""
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,
+    # one test's store would become the next test's default.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Settings(
+        home=tmp_path / "freshrec",
+        volume_threshold_rows=4_000,
+        min_new_rows=500,
+        reference_sample_rows=5_000,
+        scratch_epochs=6,
+        finetune_epochs=3,
+        batch_size=256,
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for every test that runs a real flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,74 @@
+"""Landing -> accepted/quarantine through the ledger. Risks guarded: a file trained on twice, a
+crash losing a batch, an unreadable file vanishing, rows unaccounted for."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+
+from data_checks.contract import REASON_COLUMN
+from data_checks.sources.synthetic import write_weeks
+from tasks import ledger
+from tasks.ingest import find_new_files, load_catalog, merge_catalog, validate_file
+from tests.conftest import TINY_SHOP
+
+
+def ingest_all(settings):
+    return [
+        merge_catalog(f, settings) if f.kind == "catalog" else validate_file(f, settings)
+        for f in find_new_files(settings)
+    ]
+
+
+def test_files_are_processed_once_and_copies_are_duplicates(settings):
+    write_weeks(settings.landing_dir, range(0, 2), bad_rows_weeks=(1,), config=TINY_SHOP)
+    results = ingest_all(settings)
+    assert [r.file_name for r in results] == ["catalog-week000.csv", "interactions-week000.csv", "interactions-week001.csv"]
+    assert [r.status for r in results] == ["accepted", "accepted", "partially_accepted"]
+
+    shutil.copy(settings.landing_dir / "interactions-week000.csv", settings.landing_dir / "interactions-copy.csv")
+    assert ingest_all(settings) == []  # nothing new: the copy is recorded, not processed
+    assert find_new_files(settings) == []
+    rows = ledger.all_batches(ledger.connect(settings.ledger_url))
+    duplicate = [r for r in rows if r.status == "duplicate"]
+    assert len(duplicate) == 1 and duplicate[0].file_name == "interactions-copy.csv"
+    assert "interactions-week000.csv" in duplicate[0].reasons
+    for row in rows:
+        assert row.rows_in == row.rows_accepted + row.rows_quarantined
+
+
+def test_accepted_and_quarantined_files_hold_every_row(settings):
+    write_weeks(settings.landing_dir, range(1, 2), bad_rows_weeks=(1,), config=TINY_SHOP)
+    (result,) = [r for r in ingest_all(settings) if r.file_name.startswith("interactions")]
+    accepted = pd.read_parquet(result.accepted_path)
+    quarantined = pd.read_parquet(result.quarantine_path)
+    landed = pd.read_csv(settings.landing_dir / "interactions-week001.csv")
+    assert len(accepted) + len(quarantined) == len(landed) == result.rows_in
+    assert quarantined[REASON_COLUMN].str.len().gt(0).all()
+    assert len(load_catalog(settings)) == TINY_SHOP.n_items
+
+
+def test_an_unreadable_file_is_kept_in_quarantine_with_its_reason(settings):
+    settings.landing_dir.mkdir(parents=True)
+    (settings.landing_dir / "interactions-garbage.parquet").write_bytes(b"not parquet at all")
+    (result,) = ingest_all(settings)
+    assert result.status == "rejected"
+    assert "unreadable file" in result.reasons[0]
+    kept = settings.quarantine_dir / "interactions-garbage.parquet"
+    assert kept.read_bytes() == b"not parquet at all"
+    assert "unreadable" in (settings.quarantine_dir / "interactions-garbage.parquet.reason.txt").read_text()
+
+
+def test_a_batch_left_unfinished_by_a_crash_is_processed_again(settings):
+    write_weeks(settings.landing_dir, range(0, 1), config=TINY_SHOP)
+    first = find_new_files(settings)  # registered, then the process "dies" before validating
+    again = find_new_files(settings)
+    assert [f.batch_id for f in again] == [f.batch_id for f in first]
+
+
+def test_other_files_in_landing_are_left_alone(settings):
+    settings.landing_dir.mkdir(parents=True)
+    (settings.landing_dir / "notes.txt").write_text("hello")
+    (settings.landing_dir / "interactions-week000.csv.tmp").write_text("half written")
+    assert find_new_files(settings) == []
