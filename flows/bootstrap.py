@@ -23,7 +23,10 @@ class NotEnoughDataError(RuntimeError):
 
 
 @flow(name="bootstrap")
-def bootstrap(settings: Settings = Settings()) -> State:
+def bootstrap(settings: Settings | None = None) -> State:
+    """Validate every landed file and train, evaluate and register the first champion."""
+    # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
+    settings = settings or Settings()
     existing = load_champion(settings)
     if existing is not None:
         raise ChampionExistsError(

@@ -47,8 +47,10 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
 
 
 @flow(name="continuous-training")
-def continuous_training(settings: Settings = Settings()) -> State:
+def continuous_training(settings: Settings | None = None) -> State:
     """Process every new landing file, oldest first, and say what was decided and why."""
+    # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
+    settings = settings or Settings()
     if load_champion(settings) is None:
         raise NoChampionError(
             f"no {settings.registered_model_name}@{settings.champion_alias} in {settings.mlflow_tracking_uri}: "
