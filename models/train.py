@@ -73,7 +73,8 @@ class Recommender:
 
     @classmethod
     def load(cls, path: Path | str) -> "Recommender":
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint from a registry is data, never code to run.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model = TwoTower(ModelArgs(**state["model_args"]))
         model.load_state_dict(state["state_dict"])
         model.eval()

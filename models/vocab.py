@@ -28,7 +28,7 @@ class Vocabulary:
         return Vocabulary(self.ids + [str(v) for v in new], self.reserved)
 
     def encode(self, values, missing: int = -1) -> np.ndarray:
-        return pd.Series(values, dtype="string").map(self._index).fillna(missing).astype(np.int64).to_numpy()
+        return pd.Series(values, dtype="string").map(self._index).fillna(missing).astype(np.int64).to_numpy(copy=True)
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         table = np.array([""] * self.reserved + self.ids, dtype=object)
