@@ -25,6 +25,7 @@ demo: $(INSTALLED)
 
 # Tests keep Prefect's files out of the demo's state; each test makes its own freshrec home.
 test: $(INSTALLED)
+	mkdir -p .pytest_cache/prefect-home
 	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest
 
 clean:
