@@ -35,11 +35,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flow(flow_fn, as_json: bool) -> int:
+def _run_flow(flow_fn, as_json: bool, **parameters) -> int:
     from tasks.report import format_table
 
-    settings = _settings()
-    state = flow_fn(settings, return_state=True)
+    state = flow_fn(settings=_settings(), return_state=True, **parameters)
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         return 1
@@ -56,7 +55,7 @@ def _run_flow(flow_fn, as_json: bool) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from flows.bootstrap import bootstrap
 
-    return _run_flow(bootstrap, args.json)
+    return _run_flow(bootstrap, args.json, until=args.until)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -89,12 +88,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     generate = argparse.Namespace(landing_dir=None, seed=args.seed, drift_from_week=6, bad_rows_week=[3], broken_week=[4])
     print("\n== 1. Two weeks of orders land; bootstrap trains the first champion")
     cmd_generate(argparse.Namespace(**vars(generate), start_week=0, weeks=2))
-    if cmd_bootstrap(argparse.Namespace(json=False)):
+    if cmd_bootstrap(argparse.Namespace(json=False, until=None)):
         return 1
     print("\n== 2. Six more weeks land (week 3 has bad rows, week 4 a renamed column, week 6 drifts);")
     print("==    continuous training processes them in order")
     cmd_generate(argparse.Namespace(**vars(generate), start_week=2, weeks=6))
     return cmd_run(argparse.Namespace(json=False))
+
+
+def _utc_time(text: str):
+    import pandas as pd
+
+    stamp = pd.Timestamp(text)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
     boot = sub.add_parser("bootstrap", help="validate the landed files and train the first champion")
     boot.add_argument("--json", action="store_true", help="print one JSON object per batch")
+    boot.add_argument(
+        "--until", type=_utc_time, default=None,
+        help="train only on batches whose events all precede this UTC date or time (ISO 8601); later batches wait for `run`",
+    )
     boot.set_defaults(func=cmd_bootstrap)
 
     run = sub.add_parser("run", help="one continuous-training run over all new landing files")

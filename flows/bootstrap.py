@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import flow
 from prefect.states import Completed, State
 
@@ -23,8 +25,12 @@ class NotEnoughDataError(RuntimeError):
 
 
 @flow(name="bootstrap")
-def bootstrap(settings: Settings | None = None) -> State:
-    """Validate every landed file and train, evaluate and register the first champion."""
+def bootstrap(settings: Settings | None = None, until: datetime | None = None) -> State:
+    """Validate every landed file and train, evaluate and register the first champion.
+
+    With ``until``, train only on batches whose events all precede it; later batches wait,
+    validated, for the first continuous-training update.
+    """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
     existing = load_champion(settings)
@@ -42,7 +48,7 @@ def bootstrap(settings: Settings | None = None) -> State:
                 validation.rows_quarantined, validation.status, reasons=validation.reasons,
             )
         )
-    data = assemble_training_data(settings, None)
+    data = assemble_training_data(settings, None, until)
     if data.rows < settings.min_new_rows:
         raise NotEnoughDataError(
             f"only {data.rows:,} accepted rows in {settings.landing_dir}; the first champion needs at least "

@@ -50,6 +50,8 @@ class BatchRecord:
     accepted_path: str | None
     quarantine_path: str | None
     consumed_by_version: str | None
+    min_event_time: datetime | None = None
+    max_event_time: datetime | None = None
 
 
 def connect(url: str) -> sa.Engine:
@@ -165,4 +167,14 @@ def all_batches(engine: sa.Engine) -> list[BatchRecord]:
 
 
 def _record(row: sa.RowMapping) -> BatchRecord:
-    return BatchRecord(**{field: row[field] for field in BatchRecord.__dataclass_fields__})
+    values = {field: row[field] for field in BatchRecord.__dataclass_fields__}
+    for field in ("min_event_time", "max_event_time"):
+        values[field] = _as_utc(values[field])
+    return BatchRecord(**values)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL hands back aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
