@@ -9,7 +9,7 @@ from prefect.states import Completed, State
 
 from flows.settings import Settings
 from tasks.gates import judge_challenger
-from tasks.ingest import ingest_landing, validate_batch
+from tasks.ingest import ingest_landing, publish_validation, validate_batch
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
@@ -42,6 +42,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     outcomes = []
     for landed in ingest_landing(settings):
         validation = validate_batch(landed, settings)
+        publish_validation(validation, settings)
         outcomes.append(
             BatchOutcome(
                 validation.file_name, validation.rows_in, validation.rows_accepted,

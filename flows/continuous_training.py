@@ -8,7 +8,7 @@ from prefect.states import Completed, State
 
 from flows.settings import Settings
 from tasks.gates import decide, judge_challenger
-from tasks.ingest import BatchValidation, ingest_landing, validate_batch
+from tasks.ingest import BatchValidation, ingest_landing, publish_validation, validate_batch
 from tasks.monitor import detect_batch_drift, measure_new_volume
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
@@ -59,6 +59,7 @@ def continuous_training(settings: Settings | None = None) -> State:
     outcomes = []
     for landed in ingest_landing(settings):
         validation = validate_batch(landed, settings)
+        publish_validation(validation, settings)
         if landed.kind == "interactions" and validation.rows_accepted > 0:
             outcomes.append(update_on_batch(validation, settings))
         else:

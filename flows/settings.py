@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     max_bad_row_share: float = 0.2
     # Events dated before this are from a misconfigured clock or a wrong file.
     earliest_event_time: str = "2000-01-01"
+    # One line above this many units is an outlier (Online Retail's two largest, 80,995 and
+    # 74,215, were cancelled minutes later); such lines are kept out of training.
+    max_quantity: int = 10_000
+    # A unit price above this is a typo or a fee line, not a product price (catches infinity too).
+    max_unit_price: float = 100_000.0
+    # Item ids that are not products (postage, bank charges, manual lines, gift vouchers). The
+    # default names Online Retail's; set your own source's.
+    non_product_item_pattern: str = r"^(?:POST|DOT|M|m|C2|D|S|B|BANK CHARGES|AMAZONFEE|CRUK|gift_0001_\d+)$"
 
     # --- drift and the update decision ----------------------------------------------------------
     # Evidently flags a column when its distance to the reference passes 0.1 (Wasserstein /

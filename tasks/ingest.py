@@ -1,20 +1,27 @@
-"""Landing -> accepted / quarantine, with every file and row accounted for in the ledger."""
+"""Landing -> accepted / quarantine / reports, with every file and row accounted for in the ledger."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_PREFIX, REASON_COLUMN
-from data_checks.interactions import ValidationResult, read_landing_file, validate_interactions
+from data_checks.catalog import validate_catalog
+from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_PREFIX
+from data_checks.interactions import ContractLimits, read_landing_file, validate_interactions
+from data_checks.report import markdown_summary, rule_table
+from data_checks.rules import ValidationResult
 from flows.settings import Settings
 from tasks import ledger
+from tasks.tracking import log_validation_run
 
 LANDING_SUFFIXES = (".csv", ".parquet")
 CATALOG_FILE = "catalog.parquet"
@@ -41,6 +48,8 @@ class BatchValidation:
     reasons: list[str]
     accepted_path: str | None
     quarantine_path: str | None
+    report_path: str | None = None
+    rule_table: list[dict] = field(default_factory=list)
 
 
 def sha256_of(path: Path) -> str:
@@ -89,51 +98,27 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
     return new
 
 
+def contract_limits(settings: Settings) -> ContractLimits:
+    return ContractLimits(
+        earliest=pd.Timestamp(settings.earliest_event_time, tz="UTC"),
+        now=pd.Timestamp.now(tz="UTC"),
+        max_quantity=settings.max_quantity,
+        max_unit_price=settings.max_unit_price,
+        non_product_item_pattern=settings.non_product_item_pattern,
+    )
+
+
 def validate_file(landed: LandedFile, settings: Settings) -> BatchValidation:
-    """Validate one interactions file, write its accepted and quarantined rows, record the outcome."""
-    now = pd.Timestamp.now(tz="UTC")
+    """Validate one landed file, write its accepted rows, quarantine and reports, record the outcome."""
     try:
-        raw = read_landing_file(landed.path)
+        raw, notes = read_landing_file(landed.path)
     except Exception as error:  # unreadable: keep the file as it came, say why
         return _quarantine_unreadable(landed, settings, f"unreadable file: {type(error).__name__}: {error}")
-    result = validate_interactions(
-        raw, settings.max_bad_row_share, pd.Timestamp(settings.earliest_event_time, tz="UTC"), now
-    )
-    return _write_outcome(landed, result, settings)
-
-
-def merge_catalog(landed: LandedFile, settings: Settings) -> BatchValidation:
-    """Upsert a catalog file into accepted/catalog.parquet; rows without an item id are quarantined."""
-    try:
-        raw = read_landing_file(landed.path)
-    except Exception as error:
-        return _quarantine_unreadable(landed, settings, f"unreadable file: {type(error).__name__}: {error}")
-    missing = sorted({"item_id", "title"} - set(raw.columns))
-    engine = ledger.connect(settings.ledger_url)
-    if missing:
-        reason = f"missing required columns: {', '.join(missing)}"
-        quarantined = raw.assign(**{REASON_COLUMN: "batch rejected: " + reason})
-        path = _write_parquet(quarantined, settings.quarantine_dir / f"{Path(landed.file_name).stem}.parquet")
-        ledger.record_outcome(engine, landed.batch_id, "rejected", len(raw), 0, len(raw), reason, None, str(path), None, None)
-        return BatchValidation(landed.batch_id, landed.file_name, "rejected", len(raw), 0, len(raw), [reason], None, str(path))
-    bad = raw["item_id"].isna()
-    catalog = raw[~bad].reindex(columns=list(CATALOG_COLUMNS)).astype("string")
-    catalog["price"] = pd.to_numeric(catalog["price"], errors="coerce")
-    target = settings.accepted_dir / CATALOG_FILE
-    if target.exists():
-        catalog = pd.concat([pd.read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
-    accepted_path = _write_parquet(catalog.reset_index(drop=True), target)
-    quarantine_path = None
-    reasons = []
-    if bad.any():
-        reasons = [f"{int(bad.sum())} rows: item_id_present"]
-        quarantine_path = str(_write_parquet(raw[bad].assign(**{REASON_COLUMN: "item_id_present"}), settings.quarantine_dir / f"{Path(landed.file_name).stem}.parquet"))
-    status = "partially_accepted" if bad.any() else "accepted"
-    ledger.record_outcome(
-        engine, landed.batch_id, status, len(raw), int((~bad).sum()), int(bad.sum()), "; ".join(reasons),
-        str(accepted_path), quarantine_path, None, None,
-    )
-    return BatchValidation(landed.batch_id, landed.file_name, status, len(raw), int((~bad).sum()), int(bad.sum()), reasons, str(accepted_path), quarantine_path)
+    if landed.kind == "catalog":
+        result = validate_catalog(raw, settings.max_bad_row_share)
+    else:
+        result = validate_interactions(raw, settings.max_bad_row_share, contract_limits(settings))
+    return _write_outcome(landed, result, notes, settings)
 
 
 def load_catalog(settings: Settings) -> pd.DataFrame:
@@ -143,14 +128,23 @@ def load_catalog(settings: Settings) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _write_outcome(landed: LandedFile, result: ValidationResult, settings: Settings) -> BatchValidation:
-    stem = Path(landed.file_name).stem
+def safe_stem(file_name: str) -> str:
+    """The landing file's stem: output files share it, so a batch's files sort together."""
+    return Path(file_name).stem
+
+
+def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str], settings: Settings) -> BatchValidation:
+    stem = safe_stem(landed.file_name)
     accepted_path = quarantine_path = None
-    if result.rows_accepted:
-        accepted_path = str(_write_parquet(result.accepted, settings.accepted_dir / f"{stem}.parquet"))
     if result.rows_quarantined:
         quarantine_path = str(_write_parquet(result.quarantined, settings.quarantine_dir / f"{stem}.parquet"))
-    times = result.accepted["event_time"] if result.rows_accepted else pd.Series(dtype="datetime64[ns, UTC]")
+    if result.rows_accepted and landed.kind == "catalog":
+        accepted_path = str(_merge_catalog(result.accepted, settings))
+    elif result.rows_accepted:
+        accepted_path = str(_write_parquet(result.accepted, settings.accepted_dir / f"{stem}.parquet"))
+    report_path = _write_reports(stem, landed.file_name, result, notes, settings)
+    times = result.accepted["event_time"] if result.rows_accepted and "event_time" in result.accepted else pd.Series(dtype="datetime64[ns, UTC]")
+    reasons = notes + result.reasons
     ledger.record_outcome(
         ledger.connect(settings.ledger_url),
         landed.batch_id,
@@ -158,34 +152,63 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, settings: Setti
         result.rows_in,
         result.rows_accepted,
         result.rows_quarantined,
-        "; ".join(result.reasons),
+        "; ".join(reasons),
         accepted_path,
         quarantine_path,
         times.min().to_pydatetime() if len(times) else None,
         times.max().to_pydatetime() if len(times) else None,
+        str(report_path),
     )
     return BatchValidation(
         landed.batch_id, landed.file_name, result.status, result.rows_in, result.rows_accepted,
-        result.rows_quarantined, result.reasons, accepted_path, quarantine_path,
+        result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result),
     )
+
+
+def _merge_catalog(catalog: pd.DataFrame, settings: Settings) -> Path:
+    """Upsert into accepted/catalog.parquet: the newest row of an item wins."""
+    target = settings.accepted_dir / CATALOG_FILE
+    if target.exists():
+        catalog = pd.concat([pd.read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
+    return _write_parquet(catalog.reset_index(drop=True), target)
+
+
+def _write_reports(stem: str, file_name: str, result: ValidationResult, notes: list[str], settings: Settings) -> Path:
+    """GE's result as JSON and a Markdown summary beside it; returns the summary's path."""
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    if result.ge_result is not None:
+        _write_text(settings.reports_dir / f"{stem}.validation.json", json.dumps(result.ge_result, indent=1, default=str))
+    return _write_text(settings.reports_dir / f"{stem}.validation.md", markdown_summary(file_name, result, notes))
 
 
 def _quarantine_unreadable(landed: LandedFile, settings: Settings, reason: str) -> BatchValidation:
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     target = settings.quarantine_dir / landed.file_name
     shutil.copyfile(landed.path, target)
-    target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
-    ledger.record_outcome(ledger.connect(settings.ledger_url), landed.batch_id, "rejected", 0, 0, 0, reason, None, str(target), None, None)
+    _write_text(target.with_name(target.name + ".reason.txt"), reason + "\n")
+    ledger.record_outcome(ledger.connect(settings.ledger_url), landed.batch_id, "rejected", 0, 0, 0, reason, None, str(target), None, None, None)
     return BatchValidation(landed.batch_id, landed.file_name, "rejected", 0, 0, 0, [reason], None, str(target))
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """Write beside the target and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
+    tmp = path.with_name(path.name + ".tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def artifact_key(file_name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "validation-" + (re.sub(r"[^a-z0-9]+", "-", file_name.lower()).strip("-") or "batch")
 
 
 @task(name="ingest-landing", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -197,9 +220,26 @@ def ingest_landing(settings: Settings) -> list[LandedFile]:
 
 @task(name="validate-batch", cache_policy=NO_CACHE)
 def validate_batch(landed: LandedFile, settings: Settings) -> BatchValidation:
-    result = merge_catalog(landed, settings) if landed.kind == "catalog" else validate_file(landed, settings)
+    result = validate_file(landed, settings)
     get_run_logger().info(
         "%s: %s, %d in, %d accepted, %d quarantined%s", result.file_name, result.status, result.rows_in,
         result.rows_accepted, result.rows_quarantined, f" ({'; '.join(result.reasons)})" if result.reasons else "",
     )
     return result
+
+
+@task(name="publish-validation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish_validation(validation: BatchValidation, settings: Settings) -> None:
+    """The batch's reports to MLflow, and a Prefect table: expectation, level, rows failed, share."""
+    log_validation_run(
+        settings, validation.file_name, validation.status,
+        {"rows_in": validation.rows_in, "rows_accepted": validation.rows_accepted, "rows_quarantined": validation.rows_quarantined},
+        {row["expectation"]: row["rows_failed"] for row in validation.rule_table},
+        settings.reports_dir,
+    )
+    if validation.rule_table:
+        create_table_artifact(
+            key=artifact_key(validation.file_name),
+            table=validation.rule_table,
+            description=f"{validation.file_name}: {validation.status}; " + "; ".join(validation.reasons[:3]),
+        )

@@ -29,6 +29,7 @@ batches = sa.Table(
     sa.Column("reasons", sa.Text, nullable=False, default=""),
     sa.Column("accepted_path", sa.Text, nullable=True),
     sa.Column("quarantine_path", sa.Text, nullable=True),
+    sa.Column("report_path", sa.Text, nullable=True),
     sa.Column("min_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("max_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("consumed_by_version", sa.String(32), nullable=True),
@@ -50,6 +51,7 @@ class BatchRecord:
     accepted_path: str | None
     quarantine_path: str | None
     consumed_by_version: str | None
+    report_path: str | None = None
     min_event_time: datetime | None = None
     max_event_time: datetime | None = None
 
@@ -109,6 +111,7 @@ def record_outcome(
     quarantine_path: str | None,
     min_event_time: datetime | None,
     max_event_time: datetime | None,
+    report_path: str | None,
 ) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -124,6 +127,7 @@ def record_outcome(
                 quarantine_path=quarantine_path,
                 min_event_time=min_event_time,
                 max_event_time=max_event_time,
+                report_path=report_path,
             )
         )
 

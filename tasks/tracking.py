@@ -96,3 +96,16 @@ def load_champion(settings: Settings) -> ChampionInfo | None:
     else:
         logger.info("champion: %s version %s, trained until %s", settings.registered_model_name, champion.version, champion.trained_until)
     return champion
+
+
+def log_validation_run(settings: Settings, file_name: str, status: str, counts: dict[str, int], rule_rows: dict[str, int], report_dir: Path) -> str:
+    """One small MLflow run per validated batch: its counts, per-rule failures and reports."""
+    _, experiment_id = mlflow_client(settings)
+    stem = Path(file_name).stem
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}") as run:
+        mlflow.set_tags({"freshrec.stage": "validation", "freshrec.batch": file_name, "freshrec.status": status})
+        mlflow.log_metrics({**counts, **{f"failed.{rule}": rows for rule, rows in rule_rows.items()}})
+        for report in sorted(report_dir.glob(f"{stem}.validation.*")):
+            if report.name in (f"{stem}.validation.json", f"{stem}.validation.md"):
+                mlflow.log_artifact(str(report), artifact_path="validation")
+        return run.info.run_id

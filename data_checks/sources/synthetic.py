@@ -128,6 +128,9 @@ class SyntheticShop:
                     cfg.n_items, 8, p=self.item_popularity[: cfg.n_items] / self.item_popularity[: cfg.n_items].sum()
                 )
                 items[:n_repeat] = rng.choice(favourites, n_repeat)
+            # One line per item in a basket, as a shop's order lines are.
+            items = pd.unique(items)
+            size = len(items)
             rows_user.extend([u] * size)
             rows_item.extend(items.tolist())
             rows_order.extend([f"{week:03d}{o:05d}"] * size)

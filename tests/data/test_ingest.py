@@ -3,22 +3,21 @@ crash losing a batch, an unreadable file vanishing, rows unaccounted for."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 
 from data_checks.contract import REASON_COLUMN
-from data_checks.sources.synthetic import write_weeks
+from data_checks.sources.synthetic import SyntheticShop, write_weeks
 from tasks import ledger
-from tasks.ingest import find_new_files, load_catalog, merge_catalog, validate_file
+from tasks.ingest import find_new_files, load_catalog, validate_file
 from tests.conftest import TINY_SHOP
 
 
 def ingest_all(settings):
-    return [
-        merge_catalog(f, settings) if f.kind == "catalog" else validate_file(f, settings)
-        for f in find_new_files(settings)
-    ]
+    return [validate_file(f, settings) for f in find_new_files(settings)]
 
 
 def test_files_are_processed_once_and_copies_are_duplicates(settings):
@@ -65,6 +64,52 @@ def test_a_batch_left_unfinished_by_a_crash_is_processed_again(settings):
     first = find_new_files(settings)  # registered, then the process "dies" before validating
     again = find_new_files(settings)
     assert [f.batch_id for f in again] == [f.batch_id for f in first]
+
+
+def test_an_empty_file_is_rejected_and_kept(settings):
+    settings.landing_dir.mkdir(parents=True)
+    (settings.landing_dir / "interactions-empty.csv").write_bytes(b"")
+    (result,) = ingest_all(settings)
+    assert result.status == "rejected" and "the file is empty" in result.reasons[0]
+    assert (settings.quarantine_dir / "interactions-empty.csv").exists()
+
+
+def test_a_truncated_parquet_file_is_rejected_and_kept_as_it_came(settings, tmp_path):
+    whole = tmp_path / "whole.parquet"
+    SyntheticShop(0, TINY_SHOP).week(0).to_parquet(whole)
+    settings.landing_dir.mkdir(parents=True)
+    truncated = whole.read_bytes()[: whole.stat().st_size // 2]
+    (settings.landing_dir / "interactions-cut.parquet").write_bytes(truncated)
+    (result,) = ingest_all(settings)
+    assert result.status == "rejected" and result.reasons[0].startswith("unreadable file")
+    assert (settings.quarantine_dir / "interactions-cut.parquet").read_bytes() == truncated
+
+
+def test_a_latin1_csv_with_an_odd_name_is_read_and_says_so(settings):
+    frame = SyntheticShop(0, TINY_SHOP).week(0).head(50).copy()
+    frame["country"] = "Côte d'Ivoire"
+    settings.landing_dir.mkdir(parents=True)
+    name = "interactions semaine été №1.csv"
+    frame.to_csv(settings.landing_dir / name, index=False, encoding="latin-1", errors="replace", date_format="%Y-%m-%dT%H:%M:%SZ")
+    (result,) = ingest_all(settings)
+    assert result.file_name == name and result.status == "accepted"
+    assert "not UTF-8: read as Latin-1" in result.reasons
+    accepted = pd.read_parquet(result.accepted_path)
+    assert set(accepted["country"]) == {"Côte d'Ivoire"}
+    assert Path(result.report_path).name == "interactions semaine été №1.validation.md"
+    row = ledger.all_batches(ledger.connect(settings.ledger_url))[0]
+    assert row.report_path == result.report_path and "Latin-1" in row.reasons
+
+
+def test_reports_hold_ge_result_and_a_readable_summary(settings):
+    write_weeks(settings.landing_dir, range(1, 2), bad_rows_weeks=(1,), config=TINY_SHOP)
+    (result,) = [r for r in ingest_all(settings) if r.file_name.startswith("interactions")]
+    summary = Path(result.report_path).read_text()
+    assert "| expectation | level | rows failed | share | meaning |" in summary
+    assert "| event_time_in_window | error |" in summary
+    ge = json.loads((settings.reports_dir / "interactions-week001.validation.json").read_text())
+    assert ge["success"] is False and len(ge["results"]) == len(result.rule_table)
+    assert {row["expectation"] for row in result.rule_table} >= {"anonymous_user", "cancellation"}
 
 
 def test_other_files_in_landing_are_left_alone(settings):

@@ -10,12 +10,18 @@ import pandas as pd
 import pytest
 
 from data_checks.contract import REASON_COLUMN
-from data_checks.interactions import validate_interactions
-from data_checks.sources.synthetic import SyntheticShop
+from data_checks.interactions import ContractLimits, validate_interactions
+from data_checks.sources.synthetic import BatchOptions, SyntheticShop
+from flows.settings import Settings
 from tests.conftest import TINY_SHOP
 
-EARLIEST = pd.Timestamp("2000-01-01", tz="UTC")
-NOW = pd.Timestamp("2026-11-01", tz="UTC")
+LIMITS = ContractLimits(
+    earliest=pd.Timestamp("2000-01-01", tz="UTC"),
+    now=pd.Timestamp("2026-11-01", tz="UTC"),
+    max_quantity=10_000,
+    max_unit_price=100_000.0,
+    non_product_item_pattern=Settings().non_product_item_pattern,
+)
 
 
 def as_landed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -34,7 +40,7 @@ def good_rows(n: int = 6) -> pd.DataFrame:
             "event_time": ["2026-01-05T10:00:00Z"] * n,
             "quantity": ["2"] * n,
             "price": ["1.25"] * n,
-            "order_id": [f"o{i // 2}" for i in range(n)],
+            "order_id": [f"o{i}" for i in range(n)],  # one row per order: a key for the assertions
             "country": ["United Kingdom"] * n,
         }
     ).astype("string")
@@ -42,79 +48,112 @@ def good_rows(n: int = 6) -> pd.DataFrame:
 
 def test_a_good_synthetic_week_is_accepted_whole():
     raw = as_landed(SyntheticShop(0, TINY_SHOP).week(0))
-    result = validate_interactions(raw, 0.2, EARLIEST, NOW)
+    result = validate_interactions(raw, 0.2, LIMITS)
     assert result.status == "accepted"
-    assert result.ge_success
     assert result.rows_accepted == len(raw) and result.rows_quarantined == 0
+    assert result.ge_result["success"] is True
     assert str(result.accepted["event_time"].dtype) == "datetime64[ns, UTC]"
+    assert not [c for c in result.accepted.columns if c.startswith("_")]  # helper columns stay behind
 
 
-def test_each_bad_row_is_quarantined_with_the_rule_it_broke():
-    raw = good_rows(20)
-    raw["order_id"] = [f"o{i}" for i in range(20)]  # one row per order: a key for the assertions
-    raw.loc[0, "user_id"] = pd.NA  # guest checkout
-    raw.loc[1, "quantity"] = "-3"  # cancellation
-    raw.loc[2, "price"] = "0"  # write-off
-    raw.loc[3, "event_time"] = "2099-01-01T00:00:00Z"  # future
-    raw.loc[4, "event_time"] = "1999-12-31T00:00:00Z"  # before the epoch
-    raw.loc[5, "quantity"] = "two"  # text in a number column
-    raw.loc[6, "quantity"] = "1.5"  # not a count
-    raw.loc[7, ["user_id", "price"]] = [pd.NA, "-1"]  # two problems at once
-    result = validate_interactions(raw, 0.5, EARLIEST, NOW)
+# (column, value, the rule it must break): one bad row in a batch of 40 good ones.
+BAD_VALUES = [
+    ("user_id", pd.NA, "anonymous_user"),
+    ("item_id", pd.NA, "item_id_present"),
+    ("order_id", pd.NA, "order_id_present"),
+    ("quantity", "0", "quantity_not_zero"),
+    ("quantity", "-3", "cancellation"),
+    ("quantity", "two", "quantity_present"),
+    ("quantity", "1.5", "quantity_present"),
+    ("quantity", "80995", "quantity_outlier"),
+    ("price", "-1", "price_not_negative"),
+    ("price", "NaN", "price_present"),
+    ("price", "inf", "price_plausible"),
+    ("price", "0", "zero_price"),
+    ("event_time", "2099-01-01T00:00:00Z", "event_time_in_window"),
+    ("event_time", "1999-12-31T00:00:00Z", "event_time_in_window"),
+    ("event_time", "yesterday", "event_time_present"),
+    ("item_id", "POST", "non_product_item"),
+]
 
+
+@pytest.mark.parametrize(("column", "value", "rule"), BAD_VALUES, ids=[f"{c}={v}" for c, v, _ in BAD_VALUES])
+def test_each_bad_value_is_quarantined_under_the_rule_it_broke(column, value, rule):
+    raw = good_rows(40)
+    raw.loc[7, column] = value
+    result = validate_interactions(raw, 0.2, LIMITS)
     assert result.status == "partially_accepted"
-    assert result.rows_in == result.rows_accepted + result.rows_quarantined == 20
-    assert result.rows_quarantined == 8
-    reasons = dict(zip(result.quarantined["order_id"], result.quarantined[REASON_COLUMN]))
-    assert reasons == {
-        "o0": "user_id_present",
-        "o1": "quantity_positive",
-        "o2": "price_positive",
-        "o3": "event_time_in_window",
-        "o4": "event_time_in_window",
-        "o5": "quantity_present",
-        "o6": "quantity_present",
-        "o7": "user_id_present;price_positive",
-    }
-    # The quarantine keeps the values as they arrived, so nothing is lost to parsing.
-    assert set(result.quarantined["quantity"]) >= {"two", "1.5", "-3"}
-    # GE's own counts agree with the masks that split the rows.
+    assert result.rows_quarantined == 1 and result.rows_accepted == 39
+    assert result.quarantined[REASON_COLUMN].tolist() == [rule]
+    # The quarantine keeps the value as it arrived, so nothing is lost to parsing.
+    assert result.quarantined[column].isna().all() if value is pd.NA else result.quarantined[column].tolist() == [value]
     assert result.ge_unexpected == result.rule_failures
-    assert not result.ge_success
 
 
-def test_a_renamed_column_rejects_the_whole_batch():
-    raw = good_rows().rename(columns={"item_id": "sku"})
-    result = validate_interactions(raw, 0.2, EARLIEST, NOW)
+def test_a_write_off_and_a_row_with_two_problems():
+    raw = good_rows(10)
+    raw.loc[0, ["quantity", "price", "user_id"]] = ["-5", "0", pd.NA]  # stock written off, no customer
+    raw.loc[1, ["user_id", "price"]] = [pd.NA, "-1"]
+    result = validate_interactions(raw, 0.5, LIMITS)
+    reasons = dict(zip(result.quarantined["order_id"], result.quarantined[REASON_COLUMN]))
+    assert reasons == {"o0": "anonymous_user;write_off", "o1": "price_not_negative;anonymous_user"}
+
+
+def test_exact_duplicates_keep_the_first_copy():
+    raw = pd.concat([good_rows(5), good_rows(5).iloc[[1, 1, 3]]], ignore_index=True)
+    result = validate_interactions(raw, 0.5, LIMITS)
+    assert result.rows_accepted == 5 and result.rows_quarantined == 3
+    assert set(result.quarantined[REASON_COLUMN]) == {"exact_duplicate"}
+    assert sorted(result.accepted["order_id"]) == ["o0", "o1", "o2", "o3", "o4"]
+
+
+def test_an_order_with_two_users_is_an_error():
+    raw = good_rows(4)
+    raw.loc[[0, 1], "order_id"] = "shared"
+    result = validate_interactions(raw, 0.9, LIMITS)
+    assert result.rule_failures["order_single_user"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda df: df.drop(columns=["country"]), "missing required columns: country"),
+        (lambda df: df.assign(coupon="X1"), "unexpected columns: coupon"),
+        (lambda df: df.rename(columns={"item_id": "sku"}), "missing required columns: item_id"),
+        (lambda df: df.assign(price="£1.25"), "column price is not numeric: 10 of 10 values do not parse (e.g. '£1.25')"),
+        (lambda df: df.iloc[0:0], "the batch has no rows"),
+    ],
+    ids=["missing column", "extra column", "renamed column", "prices as text", "no rows"],
+)
+def test_a_broken_batch_is_rejected_whole(change, reason):
+    raw = change(good_rows(10))
+    result = validate_interactions(raw, 0.2, LIMITS)
     assert result.status == "rejected"
+    assert reason in result.reasons
     assert result.rows_accepted == 0 and result.rows_quarantined == len(raw)
-    assert "missing required columns: item_id" in result.reasons[0]
     assert result.quarantined[REASON_COLUMN].str.startswith("batch rejected").all()
 
 
-def test_too_many_bad_rows_reject_the_batch():
+def test_errors_past_the_share_reject_but_policy_rows_never_do():
     raw = good_rows(10)
-    raw.loc[:2, "price"] = "-1"  # 30% bad
-    result = validate_interactions(raw, 0.2, EARLIEST, NOW)
+    raw.loc[:2, "price"] = "-1"  # 30% errors
+    result = validate_interactions(raw, 0.2, LIMITS)
     assert result.status == "rejected"
-    assert "30.0% of rows break the contract" in result.reasons[0]
-    assert result.rows_quarantined == 10
-    assert result.rule_failures["price_positive"] == 3
+    assert "30.0% of rows have errors" in result.reasons[0]
+    assert result.rule_failures["price_not_negative"] == 3
 
-
-def test_an_empty_batch_is_rejected():
-    result = validate_interactions(good_rows(0), 0.2, EARLIEST, NOW)
-    assert result.status == "rejected"
-    assert result.reasons == ["the batch has no rows"]
+    anonymous = good_rows(10)
+    anonymous.loc[:5, "user_id"] = pd.NA  # 60% guest checkouts: a fact of the shop, not a defect
+    result = validate_interactions(anonymous, 0.2, LIMITS)
+    assert result.status == "partially_accepted" and result.rows_quarantined == 6
 
 
 @pytest.mark.parametrize("share", [0.05, 0.15])
-def test_spoiled_synthetic_week_balances(share):
-    from data_checks.sources.synthetic import BatchOptions
-
+def test_a_spoiled_synthetic_week_balances_and_ge_agrees(share):
     raw = as_landed(SyntheticShop(1, TINY_SHOP).week(2, BatchOptions(bad_row_share=share)))
-    result = validate_interactions(raw, 0.2, EARLIEST, NOW)
+    result = validate_interactions(raw, 0.2, LIMITS)
     assert result.status == "partially_accepted"
     assert result.rows_quarantined == int(len(raw) * share)
     assert result.rows_accepted + result.rows_quarantined == len(raw)
     assert result.ge_unexpected == result.rule_failures
+    assert not result.ge_result["success"]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from data_checks.sources.synthetic import EPOCH, write_weeks
 from tasks import ledger
-from tasks.ingest import find_new_files, merge_catalog, validate_file
+from tasks.ingest import find_new_files, validate_file
 from tasks.tracking import ChampionInfo
 from tasks.training import assemble
 from tests.conftest import TINY_SHOP
@@ -18,7 +18,7 @@ from tests.conftest import TINY_SHOP
 def land(settings, weeks: range) -> None:
     write_weeks(settings.landing_dir, weeks, config=TINY_SHOP)
     for f in find_new_files(settings):
-        merge_catalog(f, settings) if f.kind == "catalog" else validate_file(f, settings)
+        validate_file(f, settings)
 
 
 def test_bootstrap_cut_off_keeps_later_batches_waiting(settings):

@@ -1,0 +1,211 @@
+"""Row rules defined once, run twice: as a Great Expectations suite (the record) and as row masks
+(the split). GE lists at most a sample of failing rows; the masks cover every row, and a data
+test checks that both count the same.
+
+A rule's ``level`` says what a failure means:
+- ``error``: the row is defective (a missing id, a price that does not parse). Errors count
+  towards ``max_bad_row_share``: past it the producer is broken and the batch is rejected whole.
+- ``policy``: the row is a known kind the contract keeps out of training (a cancellation, an
+  anonymous checkout, postage). It is quarantined under that name and never counts as a defect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import great_expectations as gx
+import numpy as np
+import pandas as pd
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from data_checks.contract import REASON_COLUMN
+
+Level = Literal["error", "policy"]
+
+
+@dataclass(frozen=True)
+class RowRule:
+    name: str
+    level: Level
+    description: str  # what a failing row is, in words a data owner uses
+    expectation: gx.expectations.Expectation
+    broken: Callable[[pd.DataFrame], pd.Series]
+
+
+def _where(condition: str | None, frame: pd.DataFrame) -> pd.Series:
+    if condition is None:
+        return pd.Series(True, index=frame.index)
+    return frame.eval(condition).fillna(False).astype(bool)
+
+
+def not_null(name: str, column: str, level: Level, description: str) -> RowRule:
+    return RowRule(
+        name, level, description,
+        gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"rule": name}),
+        lambda df: df[column].isna(),
+    )
+
+
+def between(
+    name: str,
+    column: str,
+    level: Level,
+    description: str,
+    min_value: float | pd.Timestamp | None = None,
+    max_value: float | pd.Timestamp | None = None,
+    row_condition: str | None = None,
+) -> RowRule:
+    """Values outside [min, max] (nulls pass, as in GE), only among rows where ``row_condition``."""
+    conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
+
+    def broken(df: pd.DataFrame) -> pd.Series:
+        values = df[column]
+        outside = pd.Series(False, index=df.index)
+        if min_value is not None:
+            outside |= values < min_value
+        if max_value is not None:
+            outside |= values > max_value
+        return outside.fillna(False).astype(bool) & values.notna() & _where(row_condition, df)
+
+    return RowRule(
+        name, level, description,
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column=column, min_value=min_value, max_value=max_value,
+            meta={"rule": name}, **conditional,
+        ),
+        broken,
+    )
+
+
+def not_in_set(name: str, column: str, level: Level, description: str, values: list, row_condition: str | None = None) -> RowRule:
+    conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
+    return RowRule(
+        name, level, description,
+        gx.expectations.ExpectColumnValuesToNotBeInSet(column=column, value_set=values, meta={"rule": name}, **conditional),
+        lambda df: df[column].isin(values).fillna(False).astype(bool) & _where(row_condition, df),
+    )
+
+
+def not_matching(name: str, column: str, level: Level, description: str, regex: str) -> RowRule:
+    return RowRule(
+        name, level, description,
+        gx.expectations.ExpectColumnValuesToNotMatchRegex(column=column, regex=regex, meta={"rule": name}),
+        lambda df: df[column].str.contains(regex, regex=True).fillna(False).astype(bool),
+    )
+
+
+@dataclass(frozen=True)
+class RuleCount:
+    rule: str
+    level: Level
+    description: str
+    rows: int  # failing rows by our mask
+    ge_rows: int  # failing rows as Great Expectations counted them
+
+
+@dataclass
+class ValidationResult:
+    """What became of one batch. rows_in == rows_accepted + rows_quarantined, always."""
+
+    status: str  # accepted | partially_accepted | rejected
+    rows_in: int
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame  # the rows as they arrived, plus REASON_COLUMN
+    batch_reasons: list[str] = field(default_factory=list)
+    rule_counts: list[RuleCount] = field(default_factory=list)
+    ge_result: dict | None = None  # GE's own result, as JSON
+
+    @property
+    def rows_accepted(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return len(self.quarantined)
+
+    @property
+    def rule_failures(self) -> dict[str, int]:
+        return {c.rule: c.rows for c in self.rule_counts}
+
+    @property
+    def ge_unexpected(self) -> dict[str, int]:
+        return {c.rule: c.ge_rows for c in self.rule_counts}
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.batch_reasons + [f"{c.rows} rows: {c.rule}" for c in self.rule_counts if c.rows]
+
+
+def rejected(raw: pd.DataFrame, reasons: list[str], empty: pd.DataFrame, counts: list[RuleCount] | None = None, ge_result: dict | None = None) -> ValidationResult:
+    quarantined = raw.copy()
+    quarantined[REASON_COLUMN] = "batch rejected: " + "; ".join(reasons)
+    return ValidationResult("rejected", len(raw), empty, quarantined, reasons, counts or [], ge_result)
+
+
+def apply_rules(
+    raw: pd.DataFrame, typed: pd.DataFrame, rules: list[RowRule], max_bad_row_share: float, suite_name: str, empty: pd.DataFrame
+) -> ValidationResult:
+    """Run the suite, split the rows by the masks, reject the batch when errors pass the share."""
+    masks = {rule.name: rule.broken(typed) for rule in rules}
+    ge_counts, ge_result = run_suite(typed, rules, suite_name)
+    counts = [RuleCount(r.name, r.level, r.description, int(masks[r.name].sum()), ge_counts[r.name]) for r in rules]
+    error_rules = [r.name for r in rules if r.level == "error"]
+    errors = _any(masks, error_rules, typed.index)
+    bad = _any(masks, list(masks), typed.index)
+    if errors.mean() > max_bad_row_share:
+        reason = f"{errors.mean():.1%} of rows have errors (more than {max_bad_row_share:.0%}): the producer looks broken"
+        return rejected(raw, [reason], empty, counts, ge_result)
+    quarantined = raw[bad.to_numpy()].copy()
+    quarantined[REASON_COLUMN] = reason_strings(masks, bad)
+    columns = [c for c in typed.columns if not c.startswith("_")]  # helper columns stay behind
+    return ValidationResult(
+        "partially_accepted" if bad.any() else "accepted",
+        len(raw),
+        typed.loc[~bad, columns].reset_index(drop=True),
+        quarantined.reset_index(drop=True),
+        [],
+        counts,
+        ge_result,
+    )
+
+
+def _any(masks: dict[str, pd.Series], names: list[str], index: pd.Index) -> pd.Series:
+    if not names:
+        return pd.Series(False, index=index)
+    return pd.concat([masks[n] for n in names], axis=1).any(axis=1)
+
+
+def reason_strings(masks: dict[str, pd.Series], bad: pd.Series) -> np.ndarray:
+    """Each bad row's rule names, ';'-separated, in rule order."""
+    names = np.array(list(masks))
+    matrix = np.column_stack([m.to_numpy() for m in masks.values()])[bad.to_numpy()]
+    return np.array([";".join(names[row]) for row in matrix], dtype=object)
+
+
+def run_suite(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> tuple[dict[str, int], dict]:
+    """Validate with Great Expectations; return its failing-row count per rule and its result."""
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    batch = (
+        context.data_sources.add_pandas("freshrec")
+        .add_dataframe_asset(suite_name)
+        .add_batch_definition_whole_dataframe("batch")
+        .get_batch(batch_parameters={"dataframe": typed})
+    )
+    suite = gx.ExpectationSuite(name=suite_name, expectations=[rule.expectation for rule in rules])
+    result = batch.validate(suite, result_format="BASIC")
+    counts = {}
+    for item in result.results:
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            raise RuntimeError(f"Great Expectations failed on {item.expectation_config.meta['rule']}: {item.exception_info}")
+        counts[item.expectation_config.meta["rule"]] = int(item.result.get("unexpected_count") or 0)
+    return counts, result.to_json_dict()
