@@ -35,8 +35,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_online_retail(args: argparse.Namespace) -> int:
+    from data_checks.sources.online_retail import write_landing
+
+    landing = Path(args.landing_dir) if args.landing_dir else _settings().landing_dir
+    for path in write_landing(Path(args.path), landing, args.period):
+        print(path)
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from tasks import ledger
+
+    settings = _settings()
+    rows = ledger.all_batches(ledger.connect(settings.ledger_url))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.__dict__, default=str))
+        return 0
+    table = [("id", "file", "status", "in", "accepted", "quarantined", "model", "reasons")]
+    for r in rows:
+        reasons = r.reasons if len(r.reasons) <= 60 else r.reasons[:57] + "..."
+        table.append((str(r.id), r.file_name, r.status, f"{r.rows_in:,}", f"{r.rows_accepted:,}", f"{r.rows_quarantined:,}", r.consumed_by_version or "-", reasons))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    totals = [sum(getattr(r, f) for r in rows if r.kind == "interactions") for f in ("rows_in", "rows_accepted", "rows_quarantined")]
+    print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
+    return 0
+
+
 def _run_flow(flow_fn, as_json: bool, **parameters) -> int:
-    from tasks.report import format_table
+    from tasks.report import format_table, in_landing_order
 
     state = flow_fn(settings=_settings(), return_state=True, **parameters)
     if not state.is_completed():
@@ -44,7 +76,7 @@ def _run_flow(flow_fn, as_json: bool, **parameters) -> int:
         return 1
     outcomes = state.result()
     if as_json:
-        for outcome in outcomes:
+        for outcome in in_landing_order(outcomes):
             print(json.dumps(outcome.to_json()))
     else:
         print(format_table(outcomes))
@@ -128,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="one continuous-training run over all new landing files")
     run.add_argument("--json", action="store_true", help="print one JSON object per batch")
     run.set_defaults(func=cmd_run)
+
+    retail = sub.add_parser("import-online-retail", help="map the UCI Online Retail file to landing files, uncleaned")
+    retail.add_argument("path", help="online_retail.csv.gz (see ../shared/data/README.md)")
+    retail.add_argument("--landing-dir", default=None, help="where to write (default: the settings' landing_dir)")
+    retail.add_argument("--period", choices=("month", "week", "day"), default="month", help="one landing file per period")
+    retail.set_defaults(func=cmd_import_online_retail)
+
+    led = sub.add_parser("ledger", help="print the ledger: every landed file and what became of it")
+    led.add_argument("--json", action="store_true", help="one JSON object per file")
+    led.set_defaults(func=cmd_ledger)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)

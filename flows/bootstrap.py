@@ -47,6 +47,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
             BatchOutcome(
                 validation.file_name, validation.rows_in, validation.rows_accepted,
                 validation.rows_quarantined, validation.status, reasons=validation.reasons,
+                batch_id=validation.batch_id,
             )
         )
     data = assemble_training_data(settings, None, until)

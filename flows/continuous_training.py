@@ -8,7 +8,14 @@ from prefect.states import Completed, State
 
 from flows.settings import Settings
 from tasks.gates import decide, judge_challenger
-from tasks.ingest import BatchValidation, ingest_landing, publish_validation, validate_batch
+from tasks.ingest import (
+    BatchValidation,
+    find_undecided_batches,
+    ingest_landing,
+    publish_validation,
+    record_decision,
+    validate_batch,
+)
 from tasks.monitor import detect_batch_drift, measure_new_volume
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
@@ -23,17 +30,19 @@ class NoChampionError(RuntimeError):
 @flow(name="update-on-batch", flow_run_name="batch-{validation.file_name}")
 def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOutcome:
     outcome = BatchOutcome(
-        validation.file_name, validation.rows_in, validation.rows_accepted, validation.rows_quarantined, validation.status
+        validation.file_name, validation.rows_in, validation.rows_accepted, validation.rows_quarantined,
+        validation.status, batch_id=validation.batch_id,
     )
     champion = load_champion(settings)
     outcome.champion_version = champion.version
     drift = detect_batch_drift(validation, champion, settings)
-    decision = decide(drift.drift_share, measure_new_volume(settings), settings)
+    decision = decide(drift.drift_share, measure_new_volume(settings, validation.batch_id), settings)
+    record_decision(settings, validation.batch_id, decision.update)
     outcome.drift_share, outcome.update, outcome.reasons = drift.drift_share, decision.update, decision.reasons
     if not decision.update:
         return outcome
 
-    data = assemble_training_data(settings, champion)
+    data = assemble_training_data(settings, champion, through_batch_id=validation.batch_id)
     challenger = train_challenger(data, champion, settings)
     evaluation = evaluate_models(challenger, champion, data, settings)
     verdict = judge_challenger(evaluation.challenger.recall, evaluation.champion.recall, settings)
@@ -60,14 +69,16 @@ def continuous_training(settings: Settings | None = None) -> State:
     for landed in ingest_landing(settings):
         validation = validate_batch(landed, settings)
         publish_validation(validation, settings)
-        if landed.kind == "interactions" and validation.rows_accepted > 0:
-            outcomes.append(update_on_batch(validation, settings))
-        else:
+        if landed.kind == "catalog" or validation.rows_accepted == 0:
             outcomes.append(
                 BatchOutcome(
                     validation.file_name, validation.rows_in, validation.rows_accepted,
                     validation.rows_quarantined, validation.status, reasons=validation.reasons,
+                    batch_id=validation.batch_id,
                 )
             )
+    # Every accepted batch without a decision, this run's and any an earlier run left.
+    for validation in find_undecided_batches(settings):
+        outcomes.append(update_on_batch(validation, settings))
     summary = publish_report("Continuous training", outcomes)
     return Completed(message=summary, data=outcomes)

@@ -98,6 +98,17 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
     return new
 
 
+def undecided(settings: Settings) -> list[BatchValidation]:
+    """Validated batches still waiting for an update decision, oldest first."""
+    return [
+        BatchValidation(
+            b.id, b.file_name, b.status, b.rows_in, b.rows_accepted, b.rows_quarantined,
+            [r for r in b.reasons.split("; ") if r], b.accepted_path, b.quarantine_path, b.report_path,
+        )
+        for b in ledger.undecided_batches(ledger.connect(settings.ledger_url))
+    ]
+
+
 def contract_limits(settings: Settings) -> ContractLimits:
     return ContractLimits(
         earliest=pd.Timestamp(settings.earliest_event_time, tz="UTC"),
@@ -226,6 +237,16 @@ def validate_batch(landed: LandedFile, settings: Settings) -> BatchValidation:
         result.rows_accepted, result.rows_quarantined, f" ({'; '.join(result.reasons)})" if result.reasons else "",
     )
     return result
+
+
+@task(name="find-undecided-batches", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def find_undecided_batches(settings: Settings) -> list[BatchValidation]:
+    return undecided(settings)
+
+
+@task(name="record-decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_decision(settings: Settings, batch_id: int, update: bool) -> None:
+    ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip")
 
 
 @task(name="publish-validation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -33,6 +33,8 @@ batches = sa.Table(
     sa.Column("min_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("max_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("consumed_by_version", sa.String(32), nullable=True),
+    sa.Column("decision", sa.String(16), nullable=True),  # update | skip: what continuous training decided
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
 )
 
@@ -52,6 +54,7 @@ class BatchRecord:
     quarantine_path: str | None
     consumed_by_version: str | None
     report_path: str | None = None
+    decision: str | None = None
     min_event_time: datetime | None = None
     max_event_time: datetime | None = None
 
@@ -132,8 +135,9 @@ def record_outcome(
         )
 
 
-def unconsumed_batches(engine: sa.Engine) -> list[BatchRecord]:
-    """Accepted interaction batches no model version has been trained on yet, oldest first."""
+def unconsumed_batches(engine: sa.Engine, through_batch_id: int | None = None) -> list[BatchRecord]:
+    """Accepted interaction batches no model version has been trained on yet, oldest first;
+    with ``through_batch_id``, only those up to that batch (later ones are the future)."""
     query = (
         sa.select(batches)
         .where(
@@ -143,8 +147,34 @@ def unconsumed_batches(engine: sa.Engine) -> list[BatchRecord]:
         )
         .order_by(batches.c.id)
     )
+    if through_batch_id is not None:
+        query = query.where(batches.c.id <= through_batch_id)
     with engine.connect() as conn:
         return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def undecided_batches(engine: sa.Engine) -> list[BatchRecord]:
+    """Accepted interaction batches waiting for an update decision (left by a cut-off bootstrap
+    or by a run that stopped after validation), oldest first."""
+    query = (
+        sa.select(batches)
+        .where(
+            batches.c.kind == "interactions",
+            batches.c.status.in_(("accepted", "partially_accepted")),
+            batches.c.consumed_by_version.is_(None),
+            batches.c.decision.is_(None),
+        )
+        .order_by(batches.c.id)
+    )
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            batches.update().where(batches.c.id == batch_id).values(decision=decision, decided_at=datetime.now(timezone.utc))
+        )
 
 
 def consumed_batches(engine: sa.Engine) -> list[BatchRecord]:

@@ -24,9 +24,9 @@ def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: S
     return detect_drift(current, reference, item_counts, report_path)
 
 
-def rows_since_champion(settings: Settings) -> int:
-    """Accepted rows no model version has consumed: grows across skipped runs."""
-    return sum(b.rows_accepted for b in ledger.unconsumed_batches(ledger.connect(settings.ledger_url)))
+def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
+    """Accepted rows no model version has consumed, up to this batch: grows across skipped runs."""
+    return sum(b.rows_accepted for b in ledger.unconsumed_batches(ledger.connect(settings.ledger_url), through_batch_id))
 
 
 @task(name="detect-drift", cache_policy=NO_CACHE)
@@ -41,5 +41,5 @@ def detect_batch_drift(validation: BatchValidation, champion: ChampionInfo, sett
 
 
 @task(name="measure-new-volume", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def measure_new_volume(settings: Settings) -> int:
-    return rows_since_champion(settings)
+def measure_new_volume(settings: Settings, through_batch_id: int) -> int:
+    return rows_since_champion(settings, through_batch_id)

@@ -24,6 +24,7 @@ class BatchOutcome:
     promoted: bool = False
     champion_version: str | None = None
     mlflow_run_id: str | None = None
+    batch_id: int | None = None  # ledger id: the order batches landed in
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -41,8 +42,14 @@ def _cells(o: BatchOutcome) -> list[str]:
     ]
 
 
+def in_landing_order(outcomes: list[BatchOutcome]) -> list[BatchOutcome]:
+    """Rejected files are reported when validated, decisions later: show them as they landed."""
+    return sorted(outcomes, key=lambda o: (o.batch_id is None, o.batch_id or 0))
+
+
 def format_table(outcomes: list[BatchOutcome]) -> str:
     """A fixed-width table, then one line of reasons per batch."""
+    outcomes = in_landing_order(outcomes)
     rows = [list(COLUMNS)] + [_cells(o) for o in outcomes]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -53,6 +60,7 @@ def format_table(outcomes: list[BatchOutcome]) -> str:
 
 
 def format_markdown(title: str, outcomes: list[BatchOutcome]) -> str:
+    outcomes = in_landing_order(outcomes)
     header = "| " + " | ".join(COLUMNS) + " | reasons |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
     body = "".join("| " + " | ".join(_cells(o)) + " | " + "; ".join(o.reasons).replace("|", "/") + " |\n" for o in outcomes)
     return f"# {title}\n\n" + (header + body if outcomes else "No new landing files.\n")

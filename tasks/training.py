@@ -82,12 +82,15 @@ def holdout_split(new: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.
     return new[new["event_time"] < cut], new[new["event_time"] >= cut]
 
 
-def assemble(settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None) -> TrainingData:
+def assemble(
+    settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
+) -> TrainingData:
     """New rows (pending batches plus the champion's own holdout), a replay sample of history,
-    and the newest slice held out. With ``until``, only batches whose events all precede it."""
+    and the newest slice held out. With ``until``, only batches whose events all precede it;
+    with ``through_batch_id``, only batches up to that one."""
     engine = ledger.connect(settings.ledger_url)
     pending = [
-        b for b in ledger.unconsumed_batches(engine)
+        b for b in ledger.unconsumed_batches(engine, through_batch_id)
         if until is None or (b.max_event_time is not None and pd.Timestamp(b.max_event_time) < until)
     ]
     history = _concat([pd.read_parquet(b.accepted_path) for b in ledger.consumed_batches(engine) if b.accepted_path])
@@ -160,9 +163,9 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
 
 @task(name="assemble-training-data", retries=1, cache_policy=NO_CACHE)
 def assemble_training_data(
-    settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None
+    settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
 ) -> TrainingData:
-    data = assemble(settings, champion, until)
+    data = assemble(settings, champion, until, through_batch_id)
     get_run_logger().info(
         "training data: %d new rows, %d replayed, %d held out for evaluation",
         len(data.new), len(data.replay), len(data.holdout),
