@@ -56,10 +56,17 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     assert week3.challenger_recall is not None and week3.champion_recall is not None
     assert week3.promoted == (week3.challenger_recall > week3.champion_recall)
 
-    # Run 2: drift (new items, popularity and price shift) triggers an update on its own.
-    write_weeks(settings.landing_dir, range(4, 5), drift_from_week=4, config=TINY_SHOP)
+    # Run 2: a broken file does not stop the line; drift (new items, popularity and price
+    # shift) in the next week triggers an update on its own.
+    champion_before = MlflowClient(settings.mlflow_tracking_uri).get_model_version_by_alias(settings.registered_model_name, "champion").version
+    write_weeks(settings.landing_dir, range(4, 6), drift_from_week=5, broken_weeks=(4,), config=TINY_SHOP)
     outcomes, _ = run(continuous_training, settings)
-    drift_week = next(o for o in outcomes if o.batch == "interactions-week004.csv")
+    broken = next(o for o in outcomes if o.batch == "interactions-week004.csv")
+    assert broken.status == "rejected" and not broken.update and "missing required columns: item_id" in broken.reasons[0]
+    drift_week = next(o for o in outcomes if o.batch == "interactions-week005.csv")
+    # The rejected file moved nothing: week 5's challenger was compared with the same champion.
+    compared_with = MlflowClient(settings.mlflow_tracking_uri).get_run(drift_week.mlflow_run_id).data.params["champion_version"]
+    assert compared_with == str(champion_before)
     assert drift_week.update and drift_week.drift_share >= settings.drift_share_threshold
     assert any("drift share" in r for r in drift_week.reasons)
 
@@ -90,7 +97,9 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     import asyncio
 
     reports = [a for a in asyncio.run(artifacts()) if a.key == "freshrec-report"]
-    assert reports and any("interactions-week004.csv" in (a.data or "") for a in reports)
+    assert reports and any("interactions-week005.csv" in (a.data or "") for a in reports)
+    tables = [a for a in asyncio.run(artifacts()) if (a.key or "").startswith("validation-")]
+    assert any(a.key == "validation-interactions-week003-csv" for a in tables)
 
 
 def test_command_line_json_and_exit_codes(tmp_path, prefect_server):
