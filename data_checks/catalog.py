@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from data_checks.contract import CATALOG_COLUMNS
-from data_checks.rules import RowRule, ValidationResult, apply_rules, between, not_null, rejected
+from data_checks.rules import RowRule, ValidationResult, apply_rules, between, not_null, rejected, schema_problems
 
 REQUIRED = ("item_id", "title")
 
@@ -36,15 +36,7 @@ def coerce_catalog(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_catalog(raw: pd.DataFrame, max_bad_row_share: float) -> ValidationResult:
-    missing = [c for c in REQUIRED if c not in raw.columns]
-    unexpected = sorted(set(raw.columns) - set(CATALOG_COLUMNS))
-    reasons = []
-    if missing:
-        reasons.append(f"missing required columns: {', '.join(missing)}")
-    if unexpected:
-        reasons.append(f"unexpected columns: {', '.join(unexpected)}")
-    if len(raw) == 0:
-        reasons.append("the catalog has no rows")
+    reasons = schema_problems(raw, list(REQUIRED), list(CATALOG_COLUMNS))
     if reasons:
         return rejected(raw, reasons, empty_catalog())
     return apply_rules(raw, coerce_catalog(raw), catalog_rules(), max_bad_row_share, "catalog", empty_catalog())

@@ -16,7 +16,17 @@ from pathlib import Path
 import pandas as pd
 
 from data_checks.contract import INTERACTION_COLUMNS, OPTIONAL_INTERACTION_COLUMNS, empty_interactions
-from data_checks.rules import RowRule, ValidationResult, apply_rules, between, not_in_set, not_matching, not_null, rejected
+from data_checks.rules import (
+    RowRule,
+    ValidationResult,
+    apply_rules,
+    between,
+    not_in_set,
+    not_matching,
+    not_null,
+    rejected,
+    schema_problems,
+)
 
 NUMERIC_COLUMNS = ("quantity", "price")
 # A column where more than this share of the values does not parse has the wrong type.
@@ -123,15 +133,7 @@ def wrong_type_columns(raw: pd.DataFrame, typed: pd.DataFrame) -> list[str]:
 
 def validate_interactions(raw: pd.DataFrame, max_bad_row_share: float, limits: ContractLimits) -> ValidationResult:
     """Split a raw batch into accepted and quarantined rows, or reject it whole."""
-    missing = sorted(set(INTERACTION_COLUMNS) - set(raw.columns))
-    unexpected = sorted(set(raw.columns) - set(INTERACTION_COLUMNS) - set(OPTIONAL_INTERACTION_COLUMNS))
-    reasons = []
-    if missing:
-        reasons.append(f"missing required columns: {', '.join(missing)}")
-    if unexpected:
-        reasons.append(f"unexpected columns: {', '.join(unexpected)}")
-    if len(raw) == 0:
-        reasons.append("the batch has no rows")
+    reasons = schema_problems(raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS])
     if reasons:
         return rejected(raw, reasons, empty_interactions())
     typed = coerce(raw)

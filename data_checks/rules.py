@@ -141,6 +141,20 @@ class ValidationResult:
         return self.batch_reasons + [f"{c.rows} rows: {c.rule}" for c in self.rule_counts if c.rows]
 
 
+def schema_problems(raw: pd.DataFrame, required: list[str], allowed: list[str]) -> list[str]:
+    """Batch-level problems of the column set and size; empty when the batch may be validated."""
+    problems = []
+    missing = [c for c in required if c not in raw.columns]
+    unexpected = sorted(set(raw.columns) - set(allowed))
+    if missing:
+        problems.append(f"missing required columns: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected columns: {', '.join(unexpected)}")
+    if len(raw) == 0:
+        problems.append("the batch has no rows")
+    return problems
+
+
 def rejected(raw: pd.DataFrame, reasons: list[str], empty: pd.DataFrame, counts: list[RuleCount] | None = None, ge_result: dict | None = None) -> ValidationResult:
     quarantined = raw.copy()
     quarantined[REASON_COLUMN] = "batch rejected: " + "; ".join(reasons)

@@ -8,8 +8,8 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from flows.settings import Settings
+from flows.validate_landing import validate_landing
 from tasks.gates import judge_challenger
-from tasks.ingest import ingest_landing, publish_validation, validate_batch
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
@@ -39,17 +39,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
             f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
             "bootstrap trains the first champion; new data goes through the continuous-training flow"
         )
-    outcomes = []
-    for landed in ingest_landing(settings):
-        validation = validate_batch(landed, settings)
-        publish_validation(validation, settings)
-        outcomes.append(
-            BatchOutcome(
-                validation.file_name, validation.rows_in, validation.rows_accepted,
-                validation.rows_quarantined, validation.status, reasons=validation.reasons,
-                batch_id=validation.batch_id,
-            )
-        )
+    outcomes = [BatchOutcome.of_validation(v) for v in validate_landing(settings)]
     data = assemble_training_data(settings, None, until)
     if data.rows < settings.min_new_rows:
         raise NotEnoughDataError(

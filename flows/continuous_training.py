@@ -7,15 +7,9 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from flows.settings import Settings
+from flows.validate_landing import validate_landing
 from tasks.gates import decide, judge_challenger
-from tasks.ingest import (
-    BatchValidation,
-    find_undecided_batches,
-    ingest_landing,
-    publish_validation,
-    record_decision,
-    validate_batch,
-)
+from tasks.ingest import BatchValidation, find_undecided_batches, record_decision
 from tasks.monitor import detect_batch_drift, measure_new_volume
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
@@ -29,10 +23,7 @@ class NoChampionError(RuntimeError):
 
 @flow(name="update-on-batch", flow_run_name="batch-{validation.file_name}")
 def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOutcome:
-    outcome = BatchOutcome(
-        validation.file_name, validation.rows_in, validation.rows_accepted, validation.rows_quarantined,
-        validation.status, batch_id=validation.batch_id,
-    )
+    outcome = BatchOutcome.of_validation(validation, with_reasons=False)
     champion = load_champion(settings)
     outcome.champion_version = champion.version
     drift = detect_batch_drift(validation, champion, settings)
@@ -65,18 +56,10 @@ def continuous_training(settings: Settings | None = None) -> State:
             f"no {settings.registered_model_name}@{settings.champion_alias} in {settings.mlflow_tracking_uri}: "
             "run the bootstrap flow first (python -m flows bootstrap)"
         )
-    outcomes = []
-    for landed in ingest_landing(settings):
-        validation = validate_batch(landed, settings)
-        publish_validation(validation, settings)
-        if landed.kind == "catalog" or validation.rows_accepted == 0:
-            outcomes.append(
-                BatchOutcome(
-                    validation.file_name, validation.rows_in, validation.rows_accepted,
-                    validation.rows_quarantined, validation.status, reasons=validation.reasons,
-                    batch_id=validation.batch_id,
-                )
-            )
+    # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.
+    outcomes = [
+        BatchOutcome.of_validation(v) for v in validate_landing(settings) if v.kind == "catalog" or v.rows_accepted == 0
+    ]
     # Every accepted batch without a decision, this run's and any an earlier run left.
     for validation in find_undecided_batches(settings):
         outcomes.append(update_on_batch(validation, settings))

@@ -50,6 +50,7 @@ class BatchValidation:
     quarantine_path: str | None
     report_path: str | None = None
     rule_table: list[dict] = field(default_factory=list)
+    kind: str = "interactions"
 
 
 def sha256_of(path: Path) -> str:
@@ -172,7 +173,7 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
     )
     return BatchValidation(
         landed.batch_id, landed.file_name, result.status, result.rows_in, result.rows_accepted,
-        result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result),
+        result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result), landed.kind,
     )
 
 
@@ -198,7 +199,7 @@ def _quarantine_unreadable(landed: LandedFile, settings: Settings, reason: str) 
     shutil.copyfile(landed.path, target)
     _write_text(target.with_name(target.name + ".reason.txt"), reason + "\n")
     ledger.record_outcome(ledger.connect(settings.ledger_url), landed.batch_id, "rejected", 0, 0, 0, reason, None, str(target), None, None, None)
-    return BatchValidation(landed.batch_id, landed.file_name, "rejected", 0, 0, 0, [reason], None, str(target))
+    return BatchValidation(landed.batch_id, landed.file_name, "rejected", 0, 0, 0, [reason], None, str(target), kind=landed.kind)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:

@@ -135,39 +135,31 @@ def record_outcome(
         )
 
 
+def _batches_where(engine: sa.Engine, *conditions) -> list[BatchRecord]:
+    with engine.connect() as conn:
+        query = sa.select(batches).where(*conditions).order_by(batches.c.id)
+        return [_record(row) for row in conn.execute(query).mappings()]
+
+
+# Interaction batches with rows to train on that no model version has been trained on yet.
+_PENDING = (
+    batches.c.kind == "interactions",
+    batches.c.status.in_(("accepted", "partially_accepted")),
+    batches.c.consumed_by_version.is_(None),
+)
+
+
 def unconsumed_batches(engine: sa.Engine, through_batch_id: int | None = None) -> list[BatchRecord]:
     """Accepted interaction batches no model version has been trained on yet, oldest first;
     with ``through_batch_id``, only those up to that batch (later ones are the future)."""
-    query = (
-        sa.select(batches)
-        .where(
-            batches.c.kind == "interactions",
-            batches.c.status.in_(("accepted", "partially_accepted")),
-            batches.c.consumed_by_version.is_(None),
-        )
-        .order_by(batches.c.id)
-    )
-    if through_batch_id is not None:
-        query = query.where(batches.c.id <= through_batch_id)
-    with engine.connect() as conn:
-        return [_record(row) for row in conn.execute(query).mappings()]
+    limit = () if through_batch_id is None else (batches.c.id <= through_batch_id,)
+    return _batches_where(engine, *_PENDING, *limit)
 
 
 def undecided_batches(engine: sa.Engine) -> list[BatchRecord]:
     """Accepted interaction batches waiting for an update decision (left by a cut-off bootstrap
     or by a run that stopped after validation), oldest first."""
-    query = (
-        sa.select(batches)
-        .where(
-            batches.c.kind == "interactions",
-            batches.c.status.in_(("accepted", "partially_accepted")),
-            batches.c.consumed_by_version.is_(None),
-            batches.c.decision.is_(None),
-        )
-        .order_by(batches.c.id)
-    )
-    with engine.connect() as conn:
-        return [_record(row) for row in conn.execute(query).mappings()]
+    return _batches_where(engine, *_PENDING, batches.c.decision.is_(None))
 
 
 def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> None:
@@ -179,13 +171,7 @@ def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> None:
 
 def consumed_batches(engine: sa.Engine) -> list[BatchRecord]:
     """Accepted interaction batches some model version was trained on, oldest first."""
-    query = (
-        sa.select(batches)
-        .where(batches.c.kind == "interactions", batches.c.consumed_by_version.is_not(None))
-        .order_by(batches.c.id)
-    )
-    with engine.connect() as conn:
-        return [_record(row) for row in conn.execute(query).mappings()]
+    return _batches_where(engine, batches.c.kind == "interactions", batches.c.consumed_by_version.is_not(None))
 
 
 def mark_consumed(engine: sa.Engine, batch_ids: list[int], model_version: str) -> None:
@@ -196,8 +182,7 @@ def mark_consumed(engine: sa.Engine, batch_ids: list[int], model_version: str) -
 
 
 def all_batches(engine: sa.Engine) -> list[BatchRecord]:
-    with engine.connect() as conn:
-        return [_record(row) for row in conn.execute(sa.select(batches).order_by(batches.c.id)).mappings()]
+    return _batches_where(engine)
 
 
 def _record(row: sa.RowMapping) -> BatchRecord:

@@ -26,6 +26,14 @@ class BatchOutcome:
     mlflow_run_id: str | None = None
     batch_id: int | None = None  # ledger id: the order batches landed in
 
+    @classmethod
+    def of_validation(cls, validation, with_reasons: bool = True) -> "BatchOutcome":
+        """The outcome of a batch that has been validated and nothing more (yet)."""
+        return cls(
+            validation.file_name, validation.rows_in, validation.rows_accepted, validation.rows_quarantined,
+            validation.status, reasons=list(validation.reasons) if with_reasons else [], batch_id=validation.batch_id,
+        )
+
     def to_json(self) -> dict:
         return asdict(self)
 
