@@ -36,7 +36,7 @@ def coerce_catalog(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_catalog(raw: pd.DataFrame, max_bad_row_share: float) -> ValidationResult:
-    reasons = schema_problems(raw, list(REQUIRED), list(CATALOG_COLUMNS))
+    reasons, ge_result = schema_problems(raw, list(REQUIRED), list(CATALOG_COLUMNS), "catalog")
     if reasons:
-        return rejected(raw, reasons, empty_catalog())
+        return rejected(raw, reasons, empty_catalog(), ge_result=ge_result)
     return apply_rules(raw, coerce_catalog(raw), catalog_rules(), max_bad_row_share, "catalog", empty_catalog())

@@ -133,9 +133,11 @@ def wrong_type_columns(raw: pd.DataFrame, typed: pd.DataFrame) -> list[str]:
 
 def validate_interactions(raw: pd.DataFrame, max_bad_row_share: float, limits: ContractLimits) -> ValidationResult:
     """Split a raw batch into accepted and quarantined rows, or reject it whole."""
-    reasons = schema_problems(raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS])
+    reasons, ge_result = schema_problems(
+        raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS], "interactions"
+    )
     if reasons:
-        return rejected(raw, reasons, empty_interactions())
+        return rejected(raw, reasons, empty_interactions(), ge_result=ge_result)
     typed = coerce(raw)
     wrong_types = wrong_type_columns(raw, typed)
     if wrong_types:

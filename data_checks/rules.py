@@ -141,18 +141,31 @@ class ValidationResult:
         return self.batch_reasons + [f"{c.rows} rows: {c.rule}" for c in self.rule_counts if c.rows]
 
 
-def schema_problems(raw: pd.DataFrame, required: list[str], allowed: list[str]) -> list[str]:
-    """Batch-level problems of the column set and size; empty when the batch may be validated."""
+def schema_problems(raw: pd.DataFrame, required: list[str], allowed: list[str], suite_name: str) -> tuple[list[str], dict]:
+    """The batch-level expectations (columns and rows), run through Great Expectations and read
+    by name. Returns the problems (empty when the batch may be validated) and GE's result."""
+    present_optional = [c for c in allowed if c in raw.columns and c not in required]
+    expectations = [
+        gx.expectations.ExpectTableColumnsToMatchSet(
+            column_set=[*required, *present_optional], exact_match=True, meta={"rule": "columns_match_contract"}
+        ),
+        gx.expectations.ExpectTableRowCountToBeBetween(min_value=1, meta={"rule": "has_rows"}),
+    ]
+    result = _validate(raw, expectations, f"{suite_name}-batch")
     problems = []
-    missing = [c for c in required if c not in raw.columns]
-    unexpected = sorted(set(raw.columns) - set(allowed))
-    if missing:
-        problems.append(f"missing required columns: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected columns: {', '.join(unexpected)}")
-    if len(raw) == 0:
-        problems.append("the batch has no rows")
-    return problems
+    for item in result.results:
+        rule = item.expectation_config.meta["rule"]
+        if item.success:
+            continue
+        if rule == "columns_match_contract":
+            mismatched = item.result["details"]["mismatched"]
+            if mismatched.get("missing"):
+                problems.append(f"missing required columns: {', '.join(sorted(mismatched['missing']))}")
+            if mismatched.get("unexpected"):
+                problems.append(f"unexpected columns: {', '.join(sorted(mismatched['unexpected']))}")
+        elif rule == "has_rows":
+            problems.append("the batch has no rows")
+    return problems, result.to_json_dict()
 
 
 def rejected(raw: pd.DataFrame, reasons: list[str], empty: pd.DataFrame, counts: list[RuleCount] | None = None, ge_result: dict | None = None) -> ValidationResult:
@@ -201,8 +214,7 @@ def reason_strings(masks: dict[str, pd.Series], bad: pd.Series) -> np.ndarray:
     return np.array([";".join(names[row]) for row in matrix], dtype=object)
 
 
-def run_suite(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> tuple[dict[str, int], dict]:
-    """Validate with Great Expectations; return its failing-row count per rule and its result."""
+def _validate(frame: pd.DataFrame, expectations: list, suite_name: str):
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,
@@ -213,13 +225,17 @@ def run_suite(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> tup
         context.data_sources.add_pandas("freshrec")
         .add_dataframe_asset(suite_name)
         .add_batch_definition_whole_dataframe("batch")
-        .get_batch(batch_parameters={"dataframe": typed})
+        .get_batch(batch_parameters={"dataframe": frame})
     )
-    suite = gx.ExpectationSuite(name=suite_name, expectations=[rule.expectation for rule in rules])
-    result = batch.validate(suite, result_format="BASIC")
-    counts = {}
+    result = batch.validate(gx.ExpectationSuite(name=suite_name, expectations=expectations), result_format="BASIC")
     for item in result.results:
         if item.exception_info and item.exception_info.get("raised_exception"):
             raise RuntimeError(f"Great Expectations failed on {item.expectation_config.meta['rule']}: {item.exception_info}")
-        counts[item.expectation_config.meta["rule"]] = int(item.result.get("unexpected_count") or 0)
+    return result
+
+
+def run_suite(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> tuple[dict[str, int], dict]:
+    """Validate with Great Expectations; return its failing-row count per rule and its result."""
+    result = _validate(typed, [rule.expectation for rule in rules], suite_name)
+    counts = {item.expectation_config.meta["rule"]: int(item.result.get("unexpected_count") or 0) for item in result.results}
     return counts, result.to_json_dict()
