@@ -49,8 +49,8 @@ def main() -> None:
     shop = SyntheticShop(0, ShopConfig(n_users=args.users, n_items=args.items, n_new_items=args.items // 5, orders_per_week=args.orders_per_week))
     started = time.perf_counter()
     history = pd.concat([shop.week(w) for w in range(args.weeks)], ignore_index=True)
-    drifted = shop.week(args.weeks, BatchOptions(drift=True))
-    after = shop.week(args.weeks + 1, BatchOptions(drift=True))
+    drifted = shop.week(args.weeks, BatchOptions.full_drift())
+    after = shop.week(args.weeks + 1, BatchOptions.full_drift())
     print(f"generated {len(history):,} + {len(drifted):,} + {len(after):,} rows in {time.perf_counter() - started:.1f}s", flush=True)
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), learning_rate=0.01)

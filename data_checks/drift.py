@@ -1,13 +1,18 @@
 """Drift of a new batch against the reference sample kept with the champion (Evidently 0.7).
 
 The monitored columns are features a recommender cares about, with an explicit data definition
-so ids are never treated as numbers. The champion's item popularity travels with the reference,
-so the share of unseen items and a shift of popularity show up as drift too.
+so ids are never treated as numbers. The champion's own counts (interactions per item in its
+training data) travel with it, so a shift of popularity and traffic moving to new items show up
+as drift too, and the catalog's categories show what kind of things sell.
+
+User activity is reported, not monitored: the share of interactions by users the champion never
+saw. Every period brings first-time customers, so against a reference drawn from the champion's
+own training data (where every user is known) a per-user column would drift every time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,17 @@ from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
 NUMERICAL = ["price", "quantity", "hour", "basket_size", "log_popularity_rank"]
-CATEGORICAL = ["weekday", "country", "item_known"]
+CATEGORICAL = ["weekday", "country", "item_known", "category"]
+
+
+@dataclass(frozen=True)
+class ChampionCounts:
+    """What the champion saw in training: interactions per item id and per user id, and the
+    catalog's category of each item (empty when the source has none)."""
+
+    items: pd.Series
+    users: pd.Series
+    categories: pd.Series = field(default_factory=lambda: pd.Series(dtype="string"))
 
 
 @dataclass(frozen=True)
@@ -34,12 +49,13 @@ class DriftResult:
     drifted_columns: list[str]
     columns: list[ColumnDrift]
     unseen_item_share: float  # share of the batch's interactions on items the champion never saw
+    unseen_user_share: float  # ... by users the champion never saw
     report_path: str | None
 
 
-def drift_features(interactions: pd.DataFrame, item_counts: pd.Series) -> pd.DataFrame:
-    """Per-interaction features; ``item_counts`` is the champion's training popularity by item id."""
-    ranks = item_counts.rank(ascending=False, method="first")
+def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.DataFrame:
+    """Per-interaction features, computed the same way for the reference and for a new batch."""
+    ranks = counts.items.rank(ascending=False, method="first")
     rank = interactions["item_id"].map(ranks).astype("float64")
     known = rank.notna()
     event_time = interactions["event_time"]
@@ -54,19 +70,21 @@ def drift_features(interactions: pd.DataFrame, item_counts: pd.Series) -> pd.Dat
             "weekday": event_time.dt.weekday.astype("string"),
             "country": interactions["country"].astype("string"),
             "item_known": known.map({True: "known", False: "unseen"}).astype("string"),
+            # What kind of things sell: a category falling out of fashion shows here first.
+            "category": interactions["item_id"].map(counts.categories).fillna("unknown").astype("string"),
         }
     ).reset_index(drop=True)
 
 
 def detect_drift(
-    current: pd.DataFrame, reference: pd.DataFrame, item_counts: pd.Series, report_path: Path | None
+    current: pd.DataFrame, reference: pd.DataFrame, counts: ChampionCounts, report_path: Path | None
 ) -> DriftResult:
     """Run Evidently's drift preset and read its result by metric type and column name."""
     definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
-    current_features = drift_features(current, item_counts)
+    current_features = drift_features(current, counts)
     snapshot = Report([DataDriftPreset()]).run(
         current_data=Dataset.from_pandas(current_features, data_definition=definition),
-        reference_data=Dataset.from_pandas(drift_features(reference, item_counts), data_definition=definition),
+        reference_data=Dataset.from_pandas(drift_features(reference, counts), data_definition=definition),
     )
     columns = []
     for metric in snapshot.dict()["metrics"]:
@@ -83,6 +101,7 @@ def detect_drift(
         drifted_columns=drifted,
         columns=columns,
         unseen_item_share=float((current_features["item_known"] == "unseen").mean()),
+        unseen_user_share=float((~current["user_id"].isin(counts.users.index)).mean()),
         report_path=str(report_path) if report_path else None,
     )
 

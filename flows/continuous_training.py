@@ -10,7 +10,7 @@ from flows.settings import Settings
 from flows.validate_landing import validate_landing
 from tasks.gates import decide, judge_challenger
 from tasks.ingest import BatchValidation, find_undecided_batches, record_decision
-from tasks.monitor import detect_batch_drift, measure_new_volume
+from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
@@ -27,9 +27,12 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     champion = load_champion(settings)
     outcome.champion_version = champion.version
     drift = detect_batch_drift(validation, champion, settings)
-    decision = decide(drift.drift_share, measure_new_volume(settings, validation.batch_id), settings)
+    decay = measure_decay(validation, champion, settings)
+    decision = decide(measure_signals(validation, champion, drift, decay, settings), settings)
+    log_decision(settings, validation, drift, decay, decision)
     record_decision(settings, validation.batch_id, decision.update)
     outcome.drift_share, outcome.update, outcome.reasons = drift.drift_share, decision.update, decision.reasons
+    outcome.signals = decision.signals
     if not decision.update:
         return outcome
 

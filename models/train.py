@@ -46,6 +46,7 @@ class Recommender:
     categories: Vocabulary  # row 0 is "unknown"
     item_counts: pd.Series  # training interactions per item id: the popularity fallback
     config: TrainConfig
+    user_counts: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))  # per user id
     steps: int = 0
     optimizer_state: dict | None = None
     history: list[dict] = field(default_factory=list)  # per-epoch loss and time
@@ -62,6 +63,7 @@ class Recommender:
                 "items": self.items.ids,
                 "categories": self.categories.ids,
                 "item_counts": self.item_counts.to_dict(),
+                "user_counts": self.user_counts.to_dict(),
                 "config": asdict(self.config),
                 "steps": self.steps,
                 "history": self.history,
@@ -85,6 +87,7 @@ class Recommender:
             categories=Vocabulary(state["categories"], reserved=1),
             item_counts=pd.Series(state["item_counts"], dtype="int64"),
             config=TrainConfig(**state["config"]),
+            user_counts=pd.Series(state.get("user_counts", {}), dtype="int64"),
             steps=state["steps"],
             optimizer_state=state["optimizer_state"],
             history=state.get("history", []),
@@ -131,10 +134,14 @@ def prepare(
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
         model.user_history.copy_(_merge_histories(history, users, items, interactions))
 
-    counts = interactions["item_id"].value_counts()
+    item_counts = interactions["item_id"].value_counts()
+    user_counts = interactions["user_id"].value_counts()
     if start is not None:
-        counts = counts.add(start.item_counts, fill_value=0)
-    return Recommender(model, users, items, categories, counts.astype("int64"), config)
+        item_counts = item_counts.add(start.item_counts, fill_value=0)
+        user_counts = user_counts.add(start.user_counts, fill_value=0)
+    return Recommender(
+        model, users, items, categories, item_counts.astype("int64"), config, user_counts=user_counts.astype("int64")
+    )
 
 
 def train(

@@ -7,6 +7,9 @@ challenger may replace the champion. Both return every reason, so the decision c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
 
 from prefect import task
 
@@ -22,6 +25,16 @@ class Signal:
 
 
 @dataclass(frozen=True)
+class UpdateSignals:
+    """What the monitor measured on a batch, before any threshold is applied."""
+
+    drift_share: float  # share of monitored columns that drifted against the champion's reference
+    decay: float  # relative drop of the champion's Recall@K on the batch vs its own holdout
+    new_rows: int  # accepted rows since the champion's training watermark, this batch included
+    champion_age_days: float  # newest event of the batch minus the newest the champion trained on
+
+
+@dataclass(frozen=True)
 class UpdateDecision:
     update: bool
     reasons: list[str]
@@ -34,17 +47,19 @@ class PromotionVerdict:
     reasons: list[str]
 
 
-def decide_update(drift_share: float, new_rows: int, settings: Settings) -> UpdateDecision:
-    """Update iff drift or the rows accumulated since the champion's training cross a threshold,
-    and never on fewer than ``min_new_rows`` new rows."""
-    signals = [
-        Signal("drift_share", drift_share, settings.drift_share_threshold, drift_share >= settings.drift_share_threshold),
-        Signal("new_rows", new_rows, settings.volume_threshold_rows, new_rows >= settings.volume_threshold_rows),
+def decide_update(measured: UpdateSignals, settings: Settings) -> UpdateDecision:
+    """Update iff drift, performance decay, the rows accumulated since the champion's training or
+    the champion's age crosses its threshold, and never on fewer than ``min_new_rows`` new rows."""
+    checks = [
+        ("drift_share", measured.drift_share, settings.drift_share_threshold),
+        ("decay", measured.decay, settings.decay_threshold),
+        ("new_rows", measured.new_rows, settings.volume_threshold_rows),
+        ("champion_age_days", measured.champion_age_days, settings.max_champion_age_days),
     ]
-    if new_rows < settings.min_new_rows:
-        return UpdateDecision(
-            False, [f"only {new_rows:,} new rows, fewer than the minimum of {settings.min_new_rows:,}"], signals
-        )
+    signals = [Signal(name, float(value), float(threshold), value >= threshold) for name, value, threshold in checks]
+    if measured.new_rows < settings.min_new_rows:
+        reason = f"only {measured.new_rows:,} new rows, fewer than the minimum of {settings.min_new_rows:,}"
+        return UpdateDecision(False, [reason], signals)
     fired = [s for s in signals if s.fired]
     if fired:
         return UpdateDecision(True, [_describe(s) for s in fired], signals)
@@ -73,7 +88,18 @@ def _describe(signal: Signal) -> str:
     relation = ">=" if signal.fired else "<"
     if signal.name == "new_rows":
         return f"new rows {signal.value:,.0f} {relation} {signal.threshold:,.0f}"
+    if signal.name == "champion_age_days":
+        return f"champion age {signal.value:.0f} days {relation} {signal.threshold:.0f}"
+    if signal.name == "decay":
+        return f"Recall decay {signal.value:.0%} {relation} {signal.threshold:.0%}"
     return f"drift share {signal.value:.2f} {relation} {signal.threshold:.2f}"
+
+
+def champion_age_days(batch_until: datetime | None, trained_until: pd.Timestamp) -> float:
+    """Days of data between the champion's watermark and the batch's newest event (0 if unknown)."""
+    if batch_until is None:
+        return 0.0
+    return max(0.0, (pd.Timestamp(batch_until) - trained_until).total_seconds() / 86_400)
 
 
 decide = task(name="decide-update")(decide_update)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class BatchValidation:
     report_path: str | None = None
     rule_table: list[dict] = field(default_factory=list)
     kind: str = "interactions"
+    max_event_time: datetime | None = None  # the newest accepted event
 
 
 def sha256_of(path: Path) -> str:
@@ -105,6 +107,7 @@ def undecided(settings: Settings) -> list[BatchValidation]:
         BatchValidation(
             b.id, b.file_name, b.status, b.rows_in, b.rows_accepted, b.rows_quarantined,
             [r for r in b.reasons.split("; ") if r], b.accepted_path, b.quarantine_path, b.report_path,
+            max_event_time=b.max_event_time,
         )
         for b in ledger.undecided_batches(ledger.connect(settings.ledger_url))
     ]
@@ -174,6 +177,7 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
     return BatchValidation(
         landed.batch_id, landed.file_name, result.status, result.rows_in, result.rows_accepted,
         result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result), landed.kind,
+        times.max().to_pydatetime() if len(times) else None,
     )
 
 

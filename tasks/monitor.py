@@ -1,27 +1,59 @@
-"""Signals for the update decision: drift of the new batch, and new data accumulated."""
+"""Signals for the update decision: drift, performance decay, new data, and the champion's age."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.drift import DriftResult, detect_drift
+from data_checks.drift import ChampionCounts, DriftResult, detect_drift
 from flows.settings import Settings
+from models.evaluate import evaluate
 from models.train import Recommender
 from tasks import ledger
-from tasks.ingest import BatchValidation
-from tasks.tracking import ChampionInfo
+from tasks.gates import UpdateDecision, UpdateSignals, champion_age_days
+from tasks.ingest import BatchValidation, artifact_key, load_catalog
+from tasks.tracking import ChampionInfo, mlflow_client
+
+
+@dataclass(frozen=True)
+class Decay:
+    """The champion's ranking quality on a new batch (its purchases are the labels) against the
+    quality it had on its own holdout when it was trained."""
+
+    batch_recall: float
+    holdout_recall: float
+    users: int  # batch users the champion knows, the ones scored
+
+    @property
+    def relative(self) -> float:
+        if self.holdout_recall <= 0 or self.users == 0:
+            return 0.0
+        return max(0.0, (self.holdout_recall - self.batch_recall) / self.holdout_recall)
 
 
 def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
     current = pd.read_parquet(validation.accepted_path)
     reference = pd.read_parquet(champion.reference_path)
-    item_counts = Recommender.load(champion.checkpoint_path).item_counts
-    report_path = settings.reports_dir / f"drift-{Path(validation.file_name).stem}.html"
-    return detect_drift(current, reference, item_counts, report_path)
+    recommender = Recommender.load(champion.checkpoint_path)
+    catalog = load_catalog(settings)
+    counts = ChampionCounts(recommender.item_counts, recommender.user_counts, catalog.set_index("item_id")["category"])
+    report_path = settings.reports_dir / f"{Path(validation.file_name).stem}.drift.html"
+    return detect_drift(current, reference, counts, report_path)
+
+
+def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
+    """Recall@K of the champion on the batch, over the batch's users it knows."""
+    batch = pd.read_parquet(validation.accepted_path)
+    recommender = Recommender.load(champion.checkpoint_path)
+    known = pd.Index(recommender.users.ids)
+    metrics = evaluate(recommender, batch, known, settings.eval_k)
+    return Decay(metrics.recall, champion.holdout_recall, metrics.users)
 
 
 def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
@@ -29,17 +61,80 @@ def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
     return sum(b.rows_accepted for b in ledger.unconsumed_batches(ledger.connect(settings.ledger_url), through_batch_id))
 
 
+def record_decision_run(
+    settings: Settings, validation: BatchValidation, drift: DriftResult, decay: Decay, decision: UpdateDecision
+) -> str:
+    """An MLflow run per decision, update or not: every signal, the thresholds, the drift report."""
+    _, experiment_id = mlflow_client(settings)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"decide {validation.file_name}") as run:
+        mlflow.set_tags(
+            {
+                "freshrec.stage": "decision",
+                "freshrec.batch": validation.file_name,
+                "freshrec.update": str(decision.update).lower(),
+                "freshrec.reasons": "; ".join(decision.reasons),
+            }
+        )
+        mlflow.log_params({f"threshold.{s.name}": s.threshold for s in decision.signals})
+        mlflow.log_metrics(
+            {
+                **{f"signal.{s.name}": s.value for s in decision.signals},
+                "batch_recall": decay.batch_recall,
+                "holdout_recall": decay.holdout_recall,
+                "unseen_item_share": drift.unseen_item_share,
+                "unseen_user_share": drift.unseen_user_share,
+                **{f"drift.{c.column}": c.score for c in drift.columns},
+            }
+        )
+        if drift.report_path:
+            mlflow.log_artifact(drift.report_path, artifact_path="reports")
+        return run.info.run_id
+
+
 @task(name="detect-drift", cache_policy=NO_CACHE)
 def detect_batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
     result = batch_drift(validation, champion, settings)
     get_run_logger().info(
-        "drift share %.2f (%s); %.1f%% of interactions on items the champion never saw; report %s",
+        "drift share %.2f (%s); %.1f%% of interactions on items and %.1f%% by users the champion never saw; report %s",
         result.drift_share, ", ".join(result.drifted_columns) or "no column drifted",
-        100 * result.unseen_item_share, result.report_path,
+        100 * result.unseen_item_share, 100 * result.unseen_user_share, result.report_path,
     )
     return result
 
 
-@task(name="measure-new-volume", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def measure_new_volume(settings: Settings, through_batch_id: int) -> int:
-    return rows_since_champion(settings, through_batch_id)
+@task(name="measure-decay", cache_policy=NO_CACHE)
+def measure_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
+    decay = batch_decay(validation, champion, settings)
+    get_run_logger().info(
+        "champion Recall@%d on the batch %.4f over %d known users (on its holdout: %.4f): decay %.0f%%",
+        settings.eval_k, decay.batch_recall, decay.users, decay.holdout_recall, 100 * decay.relative,
+    )
+    return decay
+
+
+@task(name="measure-signals", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def measure_signals(validation: BatchValidation, champion: ChampionInfo, drift: DriftResult, decay: Decay, settings: Settings) -> UpdateSignals:
+    """Gather the four signals; the new-row count is read from the ledger."""
+    return UpdateSignals(
+        drift_share=drift.drift_share,
+        decay=decay.relative,
+        new_rows=rows_since_champion(settings, validation.batch_id),
+        champion_age_days=champion_age_days(validation.max_event_time, champion.trained_until),
+    )
+
+
+@task(name="record-decision-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_decision(settings: Settings, validation: BatchValidation, drift: DriftResult, decay: Decay, decision: UpdateDecision) -> str:
+    """The decision in MLflow and in Prefect: a table of signals and a link to the drift report."""
+    run_id = record_decision_run(settings, validation, drift, decay, decision)
+    key = artifact_key(validation.file_name).replace("validation-", "decision-", 1)
+    create_table_artifact(
+        key=key,
+        table=[{**asdict(s), "verdict": "fired" if s.fired else "quiet"} for s in decision.signals],
+        description=f"{validation.file_name}: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}",
+    )
+    if drift.report_path:
+        report_uri = mlflow.get_run(run_id).info.artifact_uri + "/reports/" + Path(drift.report_path).name
+        create_link_artifact(key=key.replace("decision-", "drift-report-", 1), link=report_uri,
+                             link_text=f"Evidently drift report for {validation.file_name}")
+    return run_id

@@ -51,9 +51,15 @@ class ShopConfig:
 class BatchOptions:
     """What to inject into one week's file."""
 
-    drift: bool = False
+    new_items: bool = False  # the n_new_items released items arrive, and sell well
+    popularity_shift: bool = False  # two categories fall out of fashion
+    price_shift: bool = False  # prices rise by a third
     bad_row_share: float = 0.0
     break_contract: bool = False  # rename a required column: the whole batch must be rejected
+
+    @classmethod
+    def full_drift(cls, **others) -> "BatchOptions":
+        return cls(new_items=True, popularity_shift=True, price_shift=True, **others)
 
 
 class SyntheticShop:
@@ -97,13 +103,14 @@ class SyntheticShop:
         """Interactions of one week, in the data contract."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, week])
-        n_items = len(self.item_ids) if options.drift else cfg.n_items
+        n_items = len(self.item_ids) if options.new_items else cfg.n_items
         popularity = self.item_popularity[:n_items].copy()
         prices = self.item_price[:n_items].copy()
-        if options.drift:
-            # New items arrive hot, two categories fall out of fashion, prices rise by a third.
+        if options.new_items:  # new items arrive hot
             popularity[cfg.n_items :] = popularity[: cfg.n_items].max() * 0.5
+        if options.popularity_shift:  # two categories fall out of fashion
             popularity[np.isin(self.item_category[:n_items], [0, 1])] *= 0.1
+        if options.price_shift:
             prices = np.round(prices * 1.35, 2)
 
         n_orders = cfg.orders_per_week
@@ -194,7 +201,9 @@ def write_weeks(
         if week == weeks.start and not drift:
             written.append(_write_csv(shop.catalog(include_new_items=False), landing_dir / f"{CATALOG_PREFIX}-week{week:03d}.csv"))
         options = BatchOptions(
-            drift=drift,
+            new_items=drift,
+            popularity_shift=drift,
+            price_shift=drift,
             bad_row_share=bad_row_share if week in bad_rows_weeks else 0.0,
             break_contract=week in broken_weeks,
         )

@@ -27,7 +27,7 @@ def test_weeks_are_seasonal_and_repeat_purchases_happen():
 
 def test_drift_brings_new_items_and_higher_prices():
     shop = SyntheticShop(0, TINY_SHOP)
-    before, after = shop.week(1), shop.week(1, BatchOptions(drift=True))
+    before, after = shop.week(1), shop.week(1, BatchOptions.full_drift())
     new_items = set(after["item_id"]) - set(shop.catalog(include_new_items=False)["item_id"])
     assert len(new_items) > 10
     assert after["price"].median() > before["price"].median() * 1.2

@@ -43,7 +43,7 @@ def test_loss_falls_and_ranking_beats_an_untrained_model(shop, history, champion
 
 
 def test_warm_start_grows_tables_and_keeps_every_old_row(shop, champion):
-    drifted = shop.week(4, BatchOptions(drift=True))
+    drifted = shop.week(4, BatchOptions.full_drift())
     grown = prepare(drifted, shop.catalog(True), TrainConfig(**{**CONFIG.__dict__, "init_from": "champion"}), champion)
     assert len(grown.items) == len(champion.items) + TINY_SHOP.n_new_items
     assert len(grown.users) >= len(champion.users)
