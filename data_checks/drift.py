@@ -64,7 +64,7 @@ def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.Dat
             "price": interactions["price"].astype("float64"),
             "quantity": interactions["quantity"].astype("float64"),
             "hour": event_time.dt.hour.astype("float64"),
-            "basket_size": interactions.groupby("order_id")["item_id"].transform("size").astype("float64"),
+            "basket_size": _basket_sizes(interactions),
             # Unseen items rank just past the catalog's tail.
             "log_popularity_rank": np.log1p(rank.fillna(len(ranks) + 1)),
             "weekday": event_time.dt.weekday.astype("string"),
@@ -74,6 +74,13 @@ def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.Dat
             "category": interactions["item_id"].map(counts.categories).fillna("unknown").astype("string"),
         }
     ).reset_index(drop=True)
+
+
+def _basket_sizes(interactions: pd.DataFrame) -> pd.Series:
+    """Lines per order as the order arrived (validation keeps it), else as the rows show it."""
+    if "order_lines" in interactions.columns:
+        return interactions["order_lines"].astype("float64")
+    return interactions.groupby("order_id")["item_id"].transform("size").astype("float64")
 
 
 def detect_drift(

@@ -112,6 +112,9 @@ def coerce(raw: pd.DataFrame) -> pd.DataFrame:
     typed["price"] = pd.Series(price, index=raw.index).astype("Float64")
     if "event_type" in raw.columns:
         typed["event_type"] = raw["event_type"].astype("string")
+    # The order's size as it arrived, kept with accepted rows: quarantining some lines must not
+    # make the accepted baskets look smaller (drift monitors basket size).
+    typed["order_lines"] = typed.groupby("order_id", dropna=False)["order_id"].transform("size").astype("int64")
     # Helpers: how many users an order names, and the nth repeat of an identical raw row.
     typed["_order_users"] = typed.groupby("order_id", dropna=True)["user_id"].transform("nunique").fillna(0).astype("int64")
     typed["_repeat"] = raw.fillna("\x00").groupby(list(raw.columns), sort=False).cumcount().astype("int64")
