@@ -32,7 +32,7 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     log_decision(settings, validation, drift, decay, decision)
     record_decision(settings, validation.batch_id, decision.update)
     outcome.drift_share, outcome.update, outcome.reasons = drift.drift_share, decision.update, decision.reasons
-    outcome.signals = decision.signals
+    outcome.signals, outcome.drifted_columns = decision.signals, drift.drifted_columns
     if not decision.update:
         return outcome
 

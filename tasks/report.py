@@ -26,6 +26,7 @@ class BatchOutcome:
     mlflow_run_id: str | None = None
     batch_id: int | None = None  # ledger id: the order batches landed in
     signals: list = field(default_factory=list)  # the decision's signals: name, value, threshold, fired
+    drifted_columns: list[str] = field(default_factory=list)
 
     @classmethod
     def of_validation(cls, validation, with_reasons: bool = True) -> "BatchOutcome":
