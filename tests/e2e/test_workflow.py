@@ -50,6 +50,8 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     outcomes, message = run(continuous_training, settings)
     week2, week3 = outcomes
     assert not week2.update and "no signal crossed its threshold" in week2.reasons[0]
+    assert [sig.name for sig in week2.signals] == ["drift_share", "decay", "new_rows", "champion_age_days"]
+    assert not any(sig.fired for sig in week2.signals)
     assert week2.champion_version == "1"
     assert week3.status == "partially_accepted" and week3.rows_quarantined > 0
     assert week3.update and any("new rows" in r for r in week3.reasons)
@@ -98,8 +100,16 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
 
     reports = [a for a in asyncio.run(artifacts()) if a.key == "freshrec-report"]
     assert reports and any("interactions-week005.csv" in (a.data or "") for a in reports)
-    tables = [a for a in asyncio.run(artifacts()) if (a.key or "").startswith("validation-")]
-    assert any(a.key == "validation-interactions-week003-csv" for a in tables)
+    keys = {a.key for a in asyncio.run(artifacts())}
+    assert "validation-interactions-week003-csv" in keys  # expectation, level, rows failed, share
+    assert "decision-interactions-week002-csv" in keys  # signal, value, threshold, verdict
+    assert "drift-report-interactions-week002-csv" in keys  # a link to the Evidently report in MLflow
+    decisions = MlflowClient(settings.mlflow_tracking_uri).search_runs(
+        [client.get_experiment_by_name(settings.experiment_name).experiment_id], "tags.`freshrec.stage` = 'decision'"
+    )
+    assert len(decisions) == 3  # weeks 2, 3 and 5 (week 4 was rejected), each decided once
+    artifacts_of_one = [f.path for f in client.list_artifacts(decisions[0].info.run_id, "reports")]
+    assert artifacts_of_one and artifacts_of_one[0].endswith(".drift.html")
 
 
 def test_command_line_json_and_exit_codes(tmp_path, prefect_server):
