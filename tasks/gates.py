@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
-
 from prefect import task
 
 from flows.settings import Settings

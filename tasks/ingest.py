@@ -6,8 +6,8 @@ import hashlib
 import json
 import re
 import shutil
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
