@@ -50,13 +50,21 @@ class TwoTower(nn.Module):
             + self.price_projection(price)
         )
 
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+    def user_vectors(self, users: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
         history = self.user_history[users]  # (batch, L), 0 = empty slot
-        mask = (history > 0).unsqueeze(-1).float()
-        pooled = (self.item_vectors(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        mask = (history > 0).unsqueeze(-1).to(self.user_embedding.weight.dtype)
+        history_vectors = item_table[history] if item_table is not None else self.item_vectors(history)
+        pooled = (history_vectors * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.user_embedding(users) + pooled
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A batch touches len(users) * (history_length + 1) item rows. When that is more than the
+        # catalog, computing every item's vector once and indexing it is cheaper than computing
+        # the touched rows one by one (and it is the common case below a few 100k items).
+        touched = len(users) * (self.args.history_length + 1)
+        if touched >= self.args.n_items:
+            table = self.item_vectors(torch.arange(self.args.n_items, device=users.device))
+            return F.normalize(self.user_vectors(users, table), dim=-1), F.normalize(table[items], dim=-1)
         return F.normalize(self.user_vectors(users), dim=-1), F.normalize(self.item_vectors(items), dim=-1)
 
     def in_batch_loss(
