@@ -34,6 +34,7 @@ class TrainConfig:
     history_length: int = 20
     device: str = "auto"
     seed: int = 0
+    compile: bool = False  # torch.compile the loss step: worth it on a GPU, not on a small CPU
 
 
 @dataclass
@@ -165,6 +166,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    loss_of = torch.compile(model.in_batch_loss, dynamic=False) if config.compile else model.in_batch_loss
     model.train()
     for epoch in range(config.epochs):
         started = time.perf_counter()
@@ -176,7 +178,7 @@ def train(
             if len(batch) < 2:  # a softmax over one item teaches nothing
                 continue
             with autocast:
-                loss = model.in_batch_loss(users[batch], items[batch], log_q, config.temperature)
+                loss = loss_of(users[batch], items[batch], log_q, config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,7 +1,7 @@
 """Training throughput and quality of the two-tower model on the synthetic shop, CPU or GPU.
 
-    python benchmarks/train_throughput.py --device cpu
-    python benchmarks/train_throughput.py --device cuda --out benchmarks/results/train_throughput_h100.json
+    python benchmarks/training.py --device cpu --batch-size 512 --out benchmarks/results/training_cpu.json
+    python benchmarks/training.py --device cuda --batch-size 16384 --compile --out benchmarks/results/training_gpu.json
 
 Trains from scratch on `--weeks` weeks of a larger synthetic shop, then fine-tunes on the next
 (drifted) week from that model, and prints seconds per epoch, interactions per second and
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weeks", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--orders-per-week", type=int, default=12_000)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -53,7 +55,9 @@ def main() -> None:
     after = shop.week(args.weeks + 1, BatchOptions.full_drift())
     print(f"generated {len(history):,} + {len(drifted):,} + {len(after):,} rows in {time.perf_counter() - started:.1f}s", flush=True)
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), learning_rate=0.01)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), learning_rate=0.01, compile=args.compile)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     scratch = train(prepare(history, shop.catalog(False), config, None), history)
     scratch_seconds = [h["seconds"] for h in scratch.history]
     users = pd.Index(history["user_id"].unique())
@@ -70,10 +74,17 @@ def main() -> None:
         "rows_scratch": len(history),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+        "compiled": args.compile,
         # The first epoch pays for start-up (CUDA context, kernels): report the steady state apart.
         "first_epoch_seconds": round(scratch_seconds[0], 3),
         "steady_epoch_seconds": round(sum(scratch_seconds[1:]) / max(1, len(scratch_seconds) - 1), 3),
         "interactions_per_second": round(len(history) / (sum(scratch_seconds[1:]) / max(1, len(scratch_seconds) - 1))),
+        "peak_memory_mb": round(
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+        "peak_memory_is": "GPU memory allocated by torch" if device.type == "cuda" else "resident memory of the process",
         "final_loss": round(scratch.history[-1]["loss"], 4),
         "recall_at_20_next_week_scratch": round(scratch_recall, 4),
         "finetune_seconds": round(sum(h["seconds"] for h in tuned.history), 3),
