@@ -53,7 +53,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     version = register_champion(settings, run_id, model_uri, None, verdict, data) if verdict.promote else None
     outcomes.append(
         BatchOutcome(
-            "bootstrap (trained on the above)", data.rows, data.rows, 0, "trained", update=True, reasons=verdict.reasons,
+            "bootstrap (from scratch)", data.rows, data.rows, 0, "trained", update=True, reasons=verdict.reasons,
             challenger_recall=evaluation.challenger.recall, promoted=version is not None, champion_version=version,
             mlflow_run_id=run_id,
         )

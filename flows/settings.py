@@ -89,11 +89,14 @@ class Settings(BaseSettings):
     # falling; larger catalogs want more); Adam at 0.01 suits small embedding tables.
     scratch_epochs: int = 10
     scratch_learning_rate: float = 0.01
-    # A fine-tune starts near a good optimum: fewer passes at half the rate keep what it knew.
-    finetune_epochs: int = 4
+    # A fine-tune starts near a good optimum: fewer passes at half the rate. Two passes gained as
+    # much on a drifted week as four (synthetic shop, 2 seeds), at half the cost.
+    finetune_epochs: int = 2
     finetune_learning_rate: float = 0.005
-    # Replayed history rows per new row, so a fine-tune does not forget older tastes.
-    replay_ratio: float = 1.0
+    # Replayed history rows per new row, so a fine-tune does not forget older tastes. Measured on
+    # the synthetic shop after a drifted week: at 1.0 the model lost 0.07 Recall@20 on weeks like
+    # the old ones; at 3.0 it lost 0.02 and still gained 0.06 on the new ones.
+    replay_ratio: float = 3.0
     # Softmax temperature of the in-batch loss over cosine scores: 0.1 spreads [-1, 1] enough to learn.
     temperature: float = 0.1
     # "auto" takes CUDA when present; "cpu" or "cuda" force it.

@@ -10,6 +10,7 @@ import torch
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop
 from models.evaluate import evaluate, top_k
 from models.pyfunc import recommend
+from flows.settings import Settings
 from models.train import Recommender, TrainConfig, prepare, train
 from tests.conftest import TINY_SHOP
 
@@ -94,3 +95,40 @@ def test_recommend_serves_known_and_unknown_users(champion):
         recommend(champion, pd.DataFrame({"user_id": ["x"], "k": [0]}))
     with pytest.raises(ValueError, match="user_id"):
         recommend(champion, pd.DataFrame({"customer": ["x"]}))
+
+
+def test_a_warm_start_learns_the_new_week_and_keeps_the_old(shop, history, champion):
+    """Fine-tuning on a drifted week plus a replay sample gains on the new data and stays within
+    a tolerance of the champion on a week like the ones it knew."""
+    drifted = shop.week(3, BatchOptions.full_drift())
+    after = shop.week(4, BatchOptions.full_drift())
+    old_like = shop.week(5)  # same distribution as the champion's training weeks
+    defaults = Settings()
+    replay = history.sample(n=min(len(history), int(len(drifted) * defaults.replay_ratio)), random_state=0)
+    config = TrainConfig(
+        **{**CONFIG.__dict__, "init_from": "champion", "epochs": defaults.finetune_epochs, "learning_rate": defaults.finetune_learning_rate}
+    )
+    tuned = train(prepare(drifted, shop.catalog(True), config, champion, replay=replay), pd.concat([drifted, replay]))
+    users_new = pd.Index(pd.concat([history, drifted])["user_id"].unique())
+    users_old = pd.Index(history["user_id"].unique())
+    assert evaluate(tuned, after, users_new, 20).recall > evaluate(champion, after, users_new, 20).recall + 0.02
+    assert evaluate(tuned, old_like, users_old, 20).recall > evaluate(champion, old_like, users_old, 20).recall - 0.05
+
+
+def test_a_new_items_neighbours_share_its_category_more_often_than_chance(shop, champion):
+    catalog = shop.catalog(True)
+    grown = prepare(shop.week(3).iloc[:0], catalog, CONFIG, champion)
+    category = catalog.set_index("item_id")["category"]
+    new_items = [i for i in catalog["item_id"] if i not in champion.items]
+    with torch.no_grad():
+        vectors = torch.nn.functional.normalize(grown.model.item_vectors(torch.arange(1, len(grown.items))), dim=-1)
+    ids = grown.items.ids
+    same = []
+    for item in new_items:
+        row = grown.items.encode([item])[0] - 1
+        similarity = vectors @ vectors[row]
+        similarity[row] = -2.0
+        neighbours = similarity.topk(10).indices.tolist()
+        same.append(sum(category[ids[n]] == category[item] for n in neighbours) / 10)
+    chance = (category.value_counts(normalize=True) ** 2).sum()  # two random items share a category
+    assert sum(same) / len(same) > 2 * chance
