@@ -143,13 +143,8 @@ def load_catalog(settings: Settings) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def safe_stem(file_name: str) -> str:
-    """The landing file's stem: output files share it, so a batch's files sort together."""
-    return Path(file_name).stem
-
-
 def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str], settings: Settings) -> BatchValidation:
-    stem = safe_stem(landed.file_name)
+    stem = Path(landed.file_name).stem  # a batch's output files share the landing file's stem
     accepted_path = quarantine_path = None
     if result.rows_quarantined:
         quarantine_path = str(_write_parquet(result.quarantined, settings.quarantine_dir / f"{stem}.parquet"))

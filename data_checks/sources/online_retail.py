@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_checks.contract import CATALOG_PREFIX, INTERACTIONS_PREFIX
+from data_checks.sources import write_landing_csv
 
 SOURCE_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
 SHOP_TIMEZONE = "Europe/London"
@@ -83,18 +84,11 @@ def write_landing(source: Path, landing_dir: Path, period: str = "month") -> lis
     labels = local_times(raw).dt.strftime(PERIODS[period])
     labels = labels.fillna(labels.dropna().min() if labels.notna().any() else "unknown")
     landing_dir.mkdir(parents=True, exist_ok=True)
-    written = [_write_csv(catalog(raw), landing_dir / f"{CATALOG_PREFIX}-online-retail.csv")]
+    written = [write_landing_csv(catalog(raw), landing_dir / f"{CATALOG_PREFIX}-online-retail.csv")]
     rows_written = 0
     for label, rows in contract.groupby(labels, sort=True):
-        written.append(_write_csv(rows, landing_dir / f"{INTERACTIONS_PREFIX}-online-retail-{label}.csv"))
+        written.append(write_landing_csv(rows, landing_dir / f"{INTERACTIONS_PREFIX}-online-retail-{label}.csv"))
         rows_written += len(rows)
     if rows_written != len(raw):  # the adapter's promise: every source row lands exactly once
         raise RuntimeError(f"wrote {rows_written:,} rows for {len(raw):,} source rows")
     return written
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from data_checks.contract import CATALOG_PREFIX, INTERACTIONS_PREFIX
+from data_checks.sources import write_landing_csv
 
 EPOCH = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks start on Mondays
 COUNTRIES = np.array(["United Kingdom", "Germany", "France", "Netherlands", "Spain", "Norway"])
@@ -196,10 +197,10 @@ def write_weeks(
     for week in weeks:
         drift = drift_from_week is not None and week >= drift_from_week
         if drift and not drift_seen:
-            written.append(_write_csv(shop.catalog(include_new_items=True), landing_dir / f"{CATALOG_PREFIX}-week{week:03d}.csv"))
+            written.append(write_landing_csv(shop.catalog(include_new_items=True), landing_dir / f"{CATALOG_PREFIX}-week{week:03d}.csv"))
             drift_seen = True
         if week == weeks.start and not drift:
-            written.append(_write_csv(shop.catalog(include_new_items=False), landing_dir / f"{CATALOG_PREFIX}-week{week:03d}.csv"))
+            written.append(write_landing_csv(shop.catalog(include_new_items=False), landing_dir / f"{CATALOG_PREFIX}-week{week:03d}.csv"))
         options = BatchOptions(
             new_items=drift,
             popularity_shift=drift,
@@ -207,12 +208,5 @@ def write_weeks(
             bad_row_share=bad_row_share if week in bad_rows_weeks else 0.0,
             break_contract=week in broken_weeks,
         )
-        written.append(_write_csv(shop.week(week, options), landing_dir / f"{INTERACTIONS_PREFIX}-week{week:03d}.csv"))
+        written.append(write_landing_csv(shop.week(week, options), landing_dir / f"{INTERACTIONS_PREFIX}-week{week:03d}.csv"))
     return written
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
-    tmp.replace(path)
-    return path
