@@ -32,13 +32,14 @@ def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 20
     scores[~known, : len(popular)] = (popular / recommender.item_counts.sum()).to_numpy()
     known_rows = np.flatnonzero(known)
     model = recommender.model
+    device = next(model.parameters()).device  # also scores a model while it trains on a GPU
     for start in range(0, len(known_rows), chunk):
         rows = known_rows[start : start + chunk]
         with torch.no_grad():
-            best = model.score_all(torch.as_tensor(users[rows])).topk(min(k, len(recommender.items) - 1), dim=1)
+            best = model.score_all(torch.as_tensor(users[rows], device=device)).topk(min(k, len(recommender.items) - 1), dim=1)
         n = best.indices.shape[1]
-        item_ids[rows, :n] = recommender.items.decode(best.indices.numpy())
-        scores[rows, :n] = best.values.numpy()
+        item_ids[rows, :n] = recommender.items.decode(best.indices.cpu().numpy())
+        scores[rows, :n] = best.values.float().cpu().numpy()
     return item_ids, scores
 
 

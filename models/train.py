@@ -8,6 +8,9 @@ vocabularies, item popularity, step and the config it was trained with.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +19,10 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from models.two_tower import ModelArgs, TwoTower
+from models.two_tower import ModelArgs, TwoTower, sampled_softmax_loss
 from models.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -26,8 +31,12 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     init_from: Literal["scratch", "champion", "checkpoint"] = "scratch"
-    epochs: int = 10
+    epochs: int = 10  # at most this many passes over the data
+    max_steps: int | None = None  # and at most this many optimizer steps (None: the epochs decide)
     learning_rate: float = 0.01
+    warmup_steps: int = 0  # linear warm-up: a fresh Adam takes its largest steps first
+    min_lr_ratio: float = 1.0  # cosine decay to learning_rate * this by the last step (1.0: constant)
+    patience: int = 2  # early stopping: epochs without a better validation score before stopping
     batch_size: int = 1024
     temperature: float = 0.1
     dim: int = 32
@@ -48,11 +57,17 @@ class Recommender:
     item_counts: pd.Series  # training interactions per item id: the popularity fallback
     config: TrainConfig
     user_counts: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))  # per user id
-    steps: int = 0
+    steps: int = 0  # optimizer steps of this training
     optimizer_state: dict | None = None
-    history: list[dict] = field(default_factory=list)  # per-epoch loss and time
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, validation score, lr, time
+    curve: list[dict] = field(default_factory=list)  # every LOG_EVERY steps: step, loss, lr
+    epochs_done: int = 0  # epochs of this training completed (a resumed training starts after them)
+    best_score: float | None = None  # best validation score so far (early stopping)
+    best_state: dict | None = None  # the weights that scored it, while training runs
+    best_epoch: int = 0  # the epoch after which they scored it (0: before training)
 
     def save(self, path: Path) -> Path:
+        """Write atomically: a crash mid-write leaves the previous file, never half of one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(
@@ -68,6 +83,11 @@ class Recommender:
                 "config": asdict(self.config),
                 "steps": self.steps,
                 "history": self.history,
+                "curve": self.curve,
+                "epochs_done": self.epochs_done,
+                "best_score": self.best_score,
+                "best_state": self.best_state,
+                "best_epoch": self.best_epoch,
             },
             tmp,
         )
@@ -79,7 +99,12 @@ class Recommender:
         # weights_only: a checkpoint from a registry is data, never code to run.
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = TwoTower(ModelArgs(**state["model_args"]))
-        model.load_state_dict(state["state_dict"])
+        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+        if unexpected or set(missing) - TEXT_KEYS:
+            raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
+        if missing:  # written before the text tower existed: leave titles out of its scores
+            with torch.no_grad():
+                model.text_projection.weight.zero_()
         model.eval()
         return cls(
             model=model,
@@ -92,13 +117,32 @@ class Recommender:
             steps=state["steps"],
             optimizer_state=state["optimizer_state"],
             history=state.get("history", []),
+            curve=state.get("curve", []),
+            epochs_done=state.get("epochs_done", 0),
+            best_score=state.get("best_score"),
+            best_state=state.get("best_state"),
+            best_epoch=state.get("best_epoch", 0),
         )
+
+
+TEXT_KEYS = {"text_projection.weight", "item_text"}
+LOG_EVERY = 50  # steps between loss readings: each reading waits for the device
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None and dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per process
+    return device
 
 
 def prepare(
@@ -107,12 +151,15 @@ def prepare(
     config: TrainConfig,
     start: Recommender | None,
     replay: pd.DataFrame | None = None,
+    title_vectors: pd.DataFrame | None = None,
 ) -> Recommender:
     """The model to train: a fresh one, or ``start`` grown to cover new users, items and categories.
 
     ``interactions`` are the rows new to ``start``: they extend user histories and popularity.
     ``replay`` rows (history sampled again) only extend the vocabularies. Catalog items join the
-    item table even before anyone buys them, so they can be recommended.
+    item table even before anyone buys them, so they can be recommended. ``title_vectors``
+    (indexed by item id, see ``models.text``) give items their text; an item without one keeps
+    the vector it had, or none.
     """
     seen = interactions if replay is None else pd.concat([interactions, replay])
     base_users = start.users if start else Vocabulary()
@@ -122,18 +169,20 @@ def prepare(
     items = base_items.extend(pd.concat([seen["item_id"], catalog["item_id"]]))
     categories = base_categories.extend(catalog["category"] if "category" in catalog else [])
 
+    history = torch.zeros(len(users), config.history_length, dtype=torch.long)
     if start is None:
         torch.manual_seed(config.seed)
         model = TwoTower(ModelArgs(len(users), len(items), len(categories), config.dim, config.history_length))
-        history = torch.zeros(len(users), config.history_length, dtype=torch.long)
     else:
         model = start.model.grow(len(users), len(items), len(categories))
-        history = torch.zeros(len(users), config.history_length, dtype=torch.long)
         history[: len(base_users)] = start.model.user_history
     with torch.no_grad():
         model.item_category.copy_(_item_categories(items, categories, catalog))
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
         model.user_history.copy_(_merge_histories(history, users, items, interactions))
+        if title_vectors is not None and len(title_vectors):
+            rows = items.encode(title_vectors.index)
+            model.item_text[rows[rows >= 0]] = torch.as_tensor(title_vectors.to_numpy()[rows >= 0], dtype=torch.float32)
 
     item_counts = interactions["item_id"].value_counts()
     user_counts = interactions["user_id"].value_counts()
@@ -145,55 +194,161 @@ def prepare(
     )
 
 
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio``."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    progress = min(1.0, step / max(1, total_steps))
+    return warmup * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def train(
     recommender: Recommender,
     interactions: pd.DataFrame,
-    on_epoch_end: Callable[[int, float], None] | None = None,
+    validate: Callable[[Recommender], float] | None = None,
+    checkpoint_path: Path | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    progress: bool = True,
 ) -> Recommender:
-    """Fit on (user, item) pairs with an in-batch softmax; returns the same recommender, trained.
+    """Fit on (user, item) pairs with an in-batch softmax; returns the recommender, trained.
 
-    The pairs live on the device for the whole run and the loss is only read once per epoch, so
-    a GPU is never stalled by a host synchronisation inside the loop.
+    ``validate`` scores the model after each epoch (higher is better): training stops after
+    ``patience`` epochs without a better score and keeps the best weights. With
+    ``checkpoint_path``, every epoch ends with a checkpoint there, and a training that finds one
+    resumes after its last epoch (the shuffling of each epoch is fixed by seed and epoch, so a
+    resumed run trains exactly as an uninterrupted one). Under torchrun each process takes its
+    share of every batch (data parallel); rank 0 writes the checkpoints.
+
+    The pairs live on the device for the whole run and the loss is read every LOG_EVERY steps,
+    so a GPU is not stalled by a host synchronisation per step.
     """
     config = recommender.config
+    rank, world = distributed_rank()
+    if checkpoint_path is not None and checkpoint_path.exists():
+        recommender = _resume(recommender, checkpoint_path)
     device = pick_device(config.device)
     model = recommender.model.to(device)
     users = torch.as_tensor(recommender.users.encode(interactions["user_id"]), device=device)
     items = torch.as_tensor(recommender.items.encode(interactions["item_id"]), device=device)
+    if (users < 0).any() or (items < 0).any():
+        raise ValueError("training rows name users or items the model was not prepared for (see prepare)")
     counts = torch.bincount(items, minlength=len(recommender.items)).float() + 1.0
     log_q = torch.log(counts / counts.sum())
 
+    steps_per_epoch = math.ceil(len(users) / config.batch_size)
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or sys.maxsize)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    if recommender.optimizer_state is not None and recommender.epochs_done:
+        optimizer.load_state_dict(recommender.optimizer_state)
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    loss_of = torch.compile(model.in_batch_loss, dynamic=False) if config.compile else model.in_batch_loss
-    model.train()
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
+
+    def loss_step(batch_users: torch.Tensor, batch_items: torch.Tensor, offset: int) -> torch.Tensor:
+        with autocast:
+            user_vec, item_vec = forward(batch_users, batch_items)
+            return sampled_softmax_loss(user_vec, item_vec, batch_items, log_q, config.temperature, offset)
+
+    loss_of = torch.compile(loss_step, dynamic=False) if config.compile else loss_step
+    if validate is not None and recommender.best_score is None:
+        recommender.best_score = _score(validate, recommender, model)
+        recommender.best_state = _cpu_copy(model.state_dict())
+        logger.info("before training: validation score %.4f", recommender.best_score)
+
+    bar = tqdm(
+        total=total_steps * config.batch_size, initial=recommender.steps * config.batch_size, unit="int", unit_scale=True,
+        desc="training", disable=not progress or rank != 0, mininterval=1.0, dynamic_ncols=True,
+    )
+    while (
+        recommender.epochs_done < config.epochs
+        and recommender.steps < total_steps
+        and (validate is None or recommender.epochs_done - recommender.best_epoch < config.patience)
+    ):
+        epoch, started = recommender.epochs_done, time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(users), generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        n_batches = 0
+        total, n_batches, since_log, logged = torch.zeros((), device=device), 0, torch.zeros((), device=device), 0
         for start in range(0, len(order), config.batch_size):
+            if recommender.steps >= total_steps:
+                break
             batch = order[start : start + config.batch_size]
+            batch = batch[: len(batch) - len(batch) % world]  # every process takes an equal share
             if len(batch) < 2:  # a softmax over one item teaches nothing
                 continue
-            with autocast:
-                loss = loss_of(users[batch], items[batch], log_q, config.temperature)
+            share = len(batch) // world
+            mine = batch[rank * share : (rank + 1) * share]
+            lr = config.learning_rate * lr_factor(recommender.steps, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = loss_of(users[mine], items[batch], rank * share)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach()
+            since_log += loss.detach()
             n_batches += 1
+            logged += 1
             recommender.steps += 1
-        mean_loss = float(total / max(n_batches, 1))
-        recommender.history.append({"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - started})
-        logger.info("epoch %d/%d loss %.4f", epoch + 1, config.epochs, mean_loss)
+            bar.update(len(batch))
+            if recommender.steps % LOG_EVERY == 0:
+                point = {"step": recommender.steps, "loss": float(since_log / logged), "lr": lr}
+                recommender.curve.append(point)
+                bar.set_postfix(loss=f"{point['loss']:.3f}", lr=f"{point['lr']:.2g}")
+                since_log.zero_()
+                logged = 0
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(total / max(n_batches, 1)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "steps": recommender.steps,
+            "seconds": time.perf_counter() - started,
+        }
+        if validate is not None:
+            record["validation"] = _score(validate, recommender, model)
+            if record["validation"] > recommender.best_score:
+                recommender.best_score, recommender.best_state = record["validation"], _cpu_copy(model.state_dict())
+                recommender.best_epoch = epoch + 1
+        recommender.history.append(record)
+        recommender.epochs_done += 1
+        recommender.optimizer_state = optimizer.state_dict()
+        if checkpoint_path is not None and rank == 0:
+            recommender.model = model
+            recommender.save(checkpoint_path)
+        logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, _describe(record))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, mean_loss)
+            on_epoch_end(record)
+    bar.close()
     model.eval()
+    if recommender.best_state is not None:
+        model.load_state_dict(recommender.best_state)
     recommender.model = model.cpu()
-    recommender.optimizer_state = optimizer.state_dict()
+    recommender.best_state = None  # the weights are the best ones now: no second copy to ship
     return recommender
+
+
+def _score(validate: Callable[[Recommender], float], recommender: Recommender, model: TwoTower) -> float:
+    model.eval()
+    recommender.model = model
+    with torch.no_grad():
+        return float(validate(recommender))
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _describe(record: dict) -> str:
+    text = f"loss {record['loss']:.4f}, lr {record['lr']:.2g}, {record['seconds']:.1f}s"
+    return text + (f", validation {record['validation']:.4f}" if "validation" in record else "")
+
+
+def _resume(prepared: Recommender, checkpoint_path: Path) -> Recommender:
+    """The checkpoint of an interrupted training of the same prepared model."""
+    saved = Recommender.load(checkpoint_path)
+    if saved.users.ids != prepared.users.ids or saved.items.ids != prepared.items.ids:
+        raise ValueError(f"{checkpoint_path} belongs to another training (its vocabularies differ); remove it to start over")
+    logger.info("resuming from %s after epoch %d (step %d)", checkpoint_path, saved.epochs_done, saved.steps)
+    saved.config = prepared.config
+    return saved
 
 
 def _item_categories(items: Vocabulary, categories: Vocabulary, catalog: pd.DataFrame) -> torch.Tensor:

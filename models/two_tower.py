@@ -1,10 +1,10 @@
 """A two-tower retrieval model, small enough to read in one sitting.
 
-Item tower: an id embedding plus the item's category embedding and a projection of its log
-price, so an item nobody has bought yet still has a vector. User tower: an id embedding plus the
-mean of the item vectors in the user's recent history, so a new user is placed by what they
-bought. Scores are dot products; training uses an in-batch softmax with a logQ correction for
-item popularity.
+Item tower: an id embedding plus a projection of the title's sentence embedding (MiniLM), the
+category's embedding and a projection of the log price, so an item nobody has bought yet has a
+vector placed by what it is. User tower: an id embedding plus the mean of the item vectors in the
+user's recent history, so a new user is placed by what they bought. Scores are cosine
+similarities; training uses an in-batch softmax with a logQ correction for item popularity.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class ModelArgs:
     n_categories: int  # index 0 is "unknown"
     dim: int = 32
     history_length: int = 20
+    text_dim: int = 384  # width of the title vectors (all-MiniLM-L6-v2)
 
 
 class TwoTower(nn.Module):
@@ -33,9 +34,11 @@ class TwoTower(nn.Module):
         self.item_embedding = nn.Embedding(args.n_items, args.dim, padding_idx=0)
         self.category_embedding = nn.Embedding(args.n_categories, args.dim)
         self.price_projection = nn.Linear(1, args.dim)
+        self.text_projection = nn.Linear(args.text_dim, args.dim, bias=False)
         # Side information travels with the weights: a checkpoint is the whole model.
         self.register_buffer("item_category", torch.zeros(args.n_items, dtype=torch.long))
         self.register_buffer("item_log_price", torch.zeros(args.n_items))
+        self.register_buffer("item_text", torch.zeros(args.n_items, args.text_dim))
         self.register_buffer("user_history", torch.zeros(args.n_users, args.history_length, dtype=torch.long))
         for table in (self.user_embedding, self.item_embedding, self.category_embedding):
             nn.init.normal_(table.weight, std=0.05)
@@ -46,6 +49,7 @@ class TwoTower(nn.Module):
         price = self.item_log_price[items].unsqueeze(-1)
         return (
             self.item_embedding(items)
+            + self.text_projection(self.item_text[items])
             + self.category_embedding(self.item_category[items])
             + self.price_projection(price)
         )
@@ -58,26 +62,15 @@ class TwoTower(nn.Module):
         return self.user_embedding(users) + pooled
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A batch touches len(users) * (history_length + 1) item rows. When that is more than the
-        # catalog, computing every item's vector once and indexing it is cheaper than computing
-        # the touched rows one by one (and it is the common case below a few 100k items).
-        touched = len(users) * (self.args.history_length + 1)
+        """Unit user vectors of ``users`` and unit item vectors of ``items``."""
+        # A batch touches len(users) * history_length + len(items) item rows. When that is more
+        # than the catalog, computing every item's vector once and indexing it is cheaper than
+        # computing the touched rows one by one (the common case below a few 100k items).
+        touched = len(users) * self.args.history_length + len(items)
         if touched >= self.args.n_items:
             table = self.item_vectors(torch.arange(self.args.n_items, device=users.device))
             return F.normalize(self.user_vectors(users, table), dim=-1), F.normalize(table[items], dim=-1)
         return F.normalize(self.user_vectors(users), dim=-1), F.normalize(self.item_vectors(items), dim=-1)
-
-    def in_batch_loss(
-        self, users: torch.Tensor, items: torch.Tensor, item_log_q: torch.Tensor, temperature: float
-    ) -> torch.Tensor:
-        """Sampled softmax over the batch's items; subtracting log q(item) removes the bias
-        towards popular items that in-batch negatives introduce."""
-        user_vec, item_vec = self(users, items)
-        logits = user_vec @ item_vec.T / temperature - item_log_q[items].unsqueeze(0)
-        # The same item twice in a batch is not a negative for itself.
-        same_item = items.unsqueeze(0) == items.unsqueeze(1)
-        logits = logits.masked_fill(same_item & ~torch.eye(len(items), dtype=torch.bool, device=items.device), -1e9)
-        return F.cross_entropy(logits, torch.arange(len(users), device=users.device))
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -90,8 +83,8 @@ class TwoTower(nn.Module):
 
     def grow(self, n_users: int, n_items: int, n_categories: int) -> "TwoTower":
         """A copy with larger tables: old rows kept, new id rows start at zero, so a new item is
-        placed by its category and price and a new user by their history."""
-        bigger = TwoTower(ModelArgs(n_users, n_items, n_categories, self.args.dim, self.args.history_length))
+        placed by its title, category and price, and a new user by their history."""
+        bigger = TwoTower(ModelArgs(n_users, n_items, n_categories, self.args.dim, self.args.history_length, self.args.text_dim))
         with torch.no_grad():
             for name in ("user_embedding", "item_embedding", "category_embedding"):
                 old, new = getattr(self, name).weight, getattr(bigger, name).weight
@@ -101,7 +94,30 @@ class TwoTower(nn.Module):
             n_old_cat = self.category_embedding.weight.shape[0]
             bigger.category_embedding.weight[n_old_cat:] = self.category_embedding.weight[1:].mean(0)
             bigger.price_projection.load_state_dict(self.price_projection.state_dict())
+            bigger.text_projection.load_state_dict(self.text_projection.state_dict())
+            bigger.item_text[: self.args.n_items] = self.item_text
         return bigger
 
     def model_args(self) -> dict:
         return asdict(self.args)
+
+
+def sampled_softmax_loss(
+    user_vec: torch.Tensor,
+    item_vec: torch.Tensor,
+    items: torch.Tensor,
+    item_log_q: torch.Tensor,
+    temperature: float,
+    offset: int = 0,
+) -> torch.Tensor:
+    """In-batch softmax: user j's positive is item ``offset + j``; every other item of the batch is
+    a negative. Subtracting log q(item) removes the bias towards popular items that in-batch
+    negatives bring. ``user_vec`` may be one process's share of a batch whose items are all in
+    ``item_vec`` (data parallel training): ``offset`` places that share."""
+    logits = user_vec @ item_vec.T / temperature - item_log_q[items].unsqueeze(0)
+    positives = torch.arange(len(user_vec), device=user_vec.device) + offset
+    # The same item twice in a batch is not a negative for itself.
+    same_item = items.unsqueeze(0) == items[positives].unsqueeze(1)
+    not_positive = torch.ones_like(same_item).scatter_(1, positives.unsqueeze(1), False)
+    logits = logits.masked_fill(same_item & not_positive, -1e9)
+    return F.cross_entropy(logits.float(), positives)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import warnings
 from importlib.metadata import version as installed
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.drift import DriftResult, reference_sample
 from flows.settings import Settings
+from models.plots import training_figure
 from models.pyfunc import recommend
 from models.train import Recommender
 from tasks import ledger
@@ -61,10 +65,15 @@ def log_run(
         # All the new rows, holdout included: a time-cut sample would skew weekday and hour.
         reference = reference_sample(pd.concat([data.new, data.holdout]), settings.reference_sample_rows, settings.seed)
         reference.to_parquet(reference_path, index=False)
+        log_training_curves(run.info.run_id, recommender)
         mlflow.log_params(
             {
                 "init_from": challenger.init_from,
                 "epochs": challenger.epochs,
+                "best_epoch": challenger.best_epoch,
+                "max_steps": recommender.config.max_steps,
+                "replay_half_life_days": settings.replay_half_life_days,
+                "title_text": settings.use_title_text,
                 "embedding_dim": settings.embedding_dim,
                 "learning_rate": recommender.config.learning_rate,
                 "batch_size": settings.batch_size,
@@ -109,6 +118,27 @@ def log_run(
             pip_requirements=serving_requirements(),
         )
         return run.info.run_id, info.model_uri
+
+
+def log_training_curves(run_id: str, recommender: Recommender) -> None:
+    """Per-epoch loss and validation score and the logged steps' loss and learning rate, as
+    MLflow metrics with their step, and as one figure (training/curves.png)."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(record[field]), now, int(record["steps"]))
+        for record in recommender.history
+        for key, field in (("epoch_loss", "loss"), ("validation_recall", "validation"))
+        if field in record
+    ]
+    metrics += [
+        Metric(key, float(point[field]), now, int(point["step"]))
+        for point in recommender.curve
+        for key, field in (("loss", "loss"), ("learning_rate", "lr"))
+    ]
+    client = MlflowClient()
+    for start in range(0, len(metrics), 1000):  # the REST API takes at most 1000 per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    mlflow.log_figure(training_figure(recommender.history, recommender.curve), "training/curves.png")
 
 
 def register(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from data_checks.contract import empty_interactions
 from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
+from models.text import catalog_title_vectors
 from models.train import Recommender, TrainConfig, prepare, train
 from tasks import ledger
 from tasks.ingest import load_catalog
@@ -54,7 +57,8 @@ class Challenger:
     checkpoint_path: str
     init_from: str
     train_seconds: float
-    epochs: int
+    epochs: int  # epochs run (early stopping may end before the budget)
+    best_epoch: int  # the epoch whose weights were kept (0: the starting weights)
     final_loss: float
 
 
@@ -99,8 +103,13 @@ def assemble(
         history, carried_over = split_at_watermark(history, champion.trained_until)
     new = _concat([carried_over, *(pd.read_parquet(b.accepted_path) for b in pending if b.accepted_path)])
     train_part, holdout = holdout_split(new, settings.holdout_fraction)
-    n_replay = min(len(history), int(len(train_part) * settings.replay_ratio))
-    replay = history.sample(n=n_replay, random_state=settings.seed)
+    if settings.init_from == "scratch":
+        replay = history  # a full retrain sees all of it
+    else:
+        replay = replay_sample(
+            history, int(len(train_part) * settings.replay_ratio), settings.replay_half_life_days,
+            train_part["event_time"].min() if len(train_part) else None, settings.seed,
+        )
     return TrainingData(
         new=train_part.reset_index(drop=True),
         replay=replay.reset_index(drop=True),
@@ -109,6 +118,22 @@ def assemble(
         catalog=load_catalog(settings),
         batch_ids=[b.id for b in pending],
     )
+
+
+def replay_sample(
+    history: pd.DataFrame, n: int, half_life_days: float | None, now: pd.Timestamp | None, seed: int
+) -> pd.DataFrame:
+    """``n`` rows of history (all of it when it has fewer), drawn without replacement: uniformly,
+    or with ``half_life_days`` weighted by recency, a row ``half_life_days`` older than ``now``
+    half as likely as a row at ``now``."""
+    n = min(n, len(history))
+    if n <= 0:
+        return history.iloc[0:0]
+    weights = None
+    if half_life_days and now is not None:
+        age_days = (now - history["event_time"]).dt.total_seconds().clip(lower=0) / 86_400
+        weights = np.power(0.5, age_days / half_life_days).to_numpy()
+    return history.sample(n=n, weights=weights, random_state=seed)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -124,7 +149,9 @@ def train_config(settings: Settings, init_from: str) -> TrainConfig:
     return TrainConfig(
         init_from=init_from,
         epochs=settings.scratch_epochs if scratch else settings.finetune_epochs,
+        max_steps=None if scratch else settings.finetune_max_steps,
         learning_rate=settings.scratch_learning_rate if scratch else settings.finetune_learning_rate,
+        patience=settings.early_stopping_patience,
         batch_size=settings.batch_size,
         temperature=settings.temperature,
         dim=settings.embedding_dim,
@@ -134,22 +161,60 @@ def train_config(settings: Settings, init_from: str) -> TrainConfig:
     )
 
 
-def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings) -> Challenger:
-    """Warm start from the champion when there is one, else train from scratch."""
-    init_from = "champion" if champion else "scratch"
+def starting_point(settings: Settings, champion: ChampionInfo | None) -> tuple[str, Recommender | None]:
+    """(init_from, the model to start from): the one switch of settings.init_from."""
+    if settings.init_from == "checkpoint":
+        return "checkpoint", Recommender.load(settings.init_checkpoint_path)
+    if settings.init_from == "champion" and champion is not None:
+        return "champion", Recommender.load(champion.checkpoint_path)
+    return "scratch", None
+
+
+def training_key(data: TrainingData, champion: ChampionInfo | None, config: TrainConfig) -> str:
+    """Names a training job by what it trains on and from: a retry of the same job finds the
+    checkpoint of the attempt it replaces; any other job starts fresh."""
+    job = {
+        "batches": data.batch_ids,
+        "champion": champion.version if champion else None,
+        "rows": [len(data.new), len(data.replay), len(data.holdout)],
+        "range": data.data_range(),
+        "config": asdict(config),
+    }
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, on_epoch_end=None) -> Challenger:
+    """Train a challenger from the starting point settings.init_from names, with a checkpoint
+    each epoch (a retry resumes there) and early stopping on the held-out slice."""
+    init_from, start = starting_point(settings, champion)
     config = train_config(settings, init_from)
-    start = Recommender.load(champion.checkpoint_path) if champion else None
+    vectors = catalog_title_vectors(data.catalog, settings.home / "cache" / "text") if settings.use_title_text else None
     started = time.perf_counter()
-    recommender = prepare(data.new, data.catalog, config, start, replay=data.replay if start else None)
-    logger = get_run_logger()
-    recommender = train(
-        recommender,
-        pd.concat([data.new, data.replay]) if start else data.new,
-        on_epoch_end=lambda epoch, loss: logger.info("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, loss),
-    )
+    if start is None:  # from scratch: everything is new, the replay sample is all history
+        rows = pd.concat([data.replay, data.new], ignore_index=True)
+        recommender = prepare(rows, data.catalog, config, None, title_vectors=vectors)
+    else:
+        rows = pd.concat([data.new, data.replay], ignore_index=True)
+        recommender = prepare(data.new, data.catalog, config, start, replay=data.replay, title_vectors=vectors)
+    validate = None
+    if len(data.holdout):
+        def validate(model: Recommender) -> float:
+            return evaluate(model, data.holdout, data.eval_users, settings.eval_k).recall
+
+    key = training_key(data, champion, config)
+    progress_path = settings.checkpoints_dir / f"training-{key}.pt"
+    recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
     seconds = time.perf_counter() - started
-    path = recommender.save(settings.checkpoints_dir / f"challenger-{uuid.uuid4().hex[:12]}.pt")
-    return Challenger(str(path), init_from, seconds, config.epochs, recommender.history[-1]["loss"] if recommender.history else float("nan"))
+    path = recommender.save(settings.checkpoints_dir / f"challenger-{key}.pt")
+    progress_path.unlink(missing_ok=True)  # finished: the challenger file is the result
+    return Challenger(
+        checkpoint_path=str(path),
+        init_from=init_from,
+        train_seconds=seconds,
+        epochs=recommender.epochs_done,
+        best_epoch=recommender.best_epoch,
+        final_loss=recommender.history[-1]["loss"] if recommender.history else float("nan"),
+    )
 
 
 def compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
@@ -173,9 +238,20 @@ def assemble_training_data(
     return data
 
 
-@task(name="train-challenger", cache_policy=NO_CACHE)
+# One retry: training checkpoints every epoch, so a retry resumes where the failed attempt was.
+@task(name="train-challenger", retries=1, cache_policy=NO_CACHE)
 def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings: Settings) -> Challenger:
-    return fit(data, champion, settings)
+    logger = get_run_logger()
+
+    def log_epoch(record: dict) -> None:
+        logger.info("epoch %d: %s", record["epoch"], ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+
+    challenger = fit(data, champion, settings, on_epoch_end=log_epoch)
+    logger.info(
+        "challenger (%s) trained in %.1fs: %d epochs, kept epoch %d",
+        challenger.init_from, challenger.train_seconds, challenger.epochs, challenger.best_epoch,
+    )
+    return challenger
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
