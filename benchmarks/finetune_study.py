@@ -38,7 +38,7 @@ from data_checks.sources.online_retail import catalog, read_source, to_contract 
 from flows.settings import Settings  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.text import catalog_title_vectors  # noqa: E402
-from models.train import Recommender, TrainConfig, prepare, train  # noqa: E402
+from models.train import Recommender, TrainConfig, prepare, remember, train  # noqa: E402
 from tasks.ingest import contract_limits  # noqa: E402
 from tasks.training import holdout_split, replay_sample  # noqa: E402
 
@@ -85,7 +85,9 @@ def run_scratch(data, months, items, vectors, config, test_months) -> dict:
     return {"recalls": recalls, "train_seconds": seconds}
 
 
-def run_warm(data, months, items, vectors, bootstrap: Recommender, config, replay_ratio, half_life, early_stopping, test_months) -> dict:
+def run_warm(
+    data, months, items, vectors, bootstrap: Recommender, config, replay_ratio, half_life, early_stopping, test_months, remember_holdout=False
+) -> dict:
     """A chain of fine-tunes as the product runs them: each takes the rows after the model's
     watermark (last month, plus the slice held out last time), holds the newest 20% out, trains
     on the rest plus a replay sample of older rows, and, with ``early_stopping``, keeps the
@@ -103,6 +105,8 @@ def run_warm(data, months, items, vectors, bootstrap: Recommender, config, repla
             started = time.perf_counter()
             prepared = prepare(train_part, items, config, model, replay=replay, title_vectors=vectors)
             model = train(prepared, pd.concat([train_part, replay]), validate=validate, progress=False)
+            if remember_holdout:
+                model = remember(model, holdout, items)
             seconds += time.perf_counter() - started
             watermark = train_part["event_time"].max()
         recalls.append(score(model, data, months, month))
@@ -146,6 +150,16 @@ def main() -> None:
         "replay3-recent90-lr01-e4": dict(config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=3.0, half_life=90.0, early_stopping=False),
         "replay3-lr01-early-stop": dict(
             config=replace(warm, epochs=6, learning_rate=0.01, patience=1), replay_ratio=3.0, half_life=None, early_stopping=True
+        ),
+        "replay3-recent30-lr01-e4": dict(config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=3.0, half_life=30.0, early_stopping=False),
+        "replay6-recent90-lr01-e4": dict(config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=6.0, half_life=90.0, early_stopping=False),
+        "replay3-recent90-lr02-e4": dict(config=replace(warm, epochs=4, learning_rate=0.02), replay_ratio=3.0, half_life=90.0, early_stopping=False),
+        "replay3-lr01-e4-remember": dict(
+            config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=3.0, half_life=None, early_stopping=False, remember_holdout=True
+        ),
+        "replay3-lr01-early-stop-remember": dict(
+            config=replace(warm, epochs=6, learning_rate=0.01, patience=1), replay_ratio=3.0, half_life=None, early_stopping=True,
+            remember_holdout=True,
         ),
     }
     chosen = args.variants or ["scratch", *variants]

@@ -13,7 +13,7 @@ from tasks.gates import judge_challenger
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
 
 
 class ChampionExistsError(RuntimeError):
@@ -48,6 +48,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
         )
     challenger = train_challenger(data, None, settings)
     evaluation = evaluate_models(challenger, None, data, settings)
+    challenger = remember_evaluated_holdout(challenger, data)
     verdict = judge_challenger(evaluation.challenger.recall, None, settings)
     run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
     version = register_champion(settings, run_id, model_uri, None, verdict, data) if verdict.promote else None

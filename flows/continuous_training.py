@@ -14,7 +14,7 @@ from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measu
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
 
 
 class NoChampionError(RuntimeError):
@@ -39,6 +39,7 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     data = assemble_training_data(settings, champion, through_batch_id=validation.batch_id)
     challenger = train_challenger(data, champion, settings)
     evaluation = evaluate_models(challenger, champion, data, settings)
+    challenger = remember_evaluated_holdout(challenger, data)
     verdict = judge_challenger(evaluation.challenger.recall, evaluation.champion.recall, settings)
     run_id, model_uri = log_training_run(settings, validation.file_name, data, challenger, evaluation, verdict, champion, decision, drift)
     outcome.challenger_recall, outcome.champion_recall = evaluation.challenger.recall, evaluation.champion.recall

@@ -65,6 +65,7 @@ class Recommender:
     best_score: float | None = None  # best validation score so far (early stopping)
     best_state: dict | None = None  # the weights that scored it, while training runs
     best_epoch: int = 0  # the epoch after which they scored it (0: before training)
+    history_until: pd.Timestamp | None = None  # newest event in the user histories and counts
 
     def save(self, path: Path) -> Path:
         """Write atomically: a crash mid-write leaves the previous file, never half of one."""
@@ -88,6 +89,7 @@ class Recommender:
                 "best_score": self.best_score,
                 "best_state": self.best_state,
                 "best_epoch": self.best_epoch,
+                "history_until": None if self.history_until is None else self.history_until.isoformat(),
             },
             tmp,
         )
@@ -122,6 +124,7 @@ class Recommender:
             best_score=state.get("best_score"),
             best_state=state.get("best_state"),
             best_epoch=state.get("best_epoch", 0),
+            history_until=pd.Timestamp(state["history_until"]) if state.get("history_until") else None,
         )
 
 
@@ -155,7 +158,9 @@ def prepare(
 ) -> Recommender:
     """The model to train: a fresh one, or ``start`` grown to cover new users, items and categories.
 
-    ``interactions`` are the rows new to ``start``: they extend user histories and popularity.
+    ``interactions`` are the rows new to ``start``: they extend user histories and popularity,
+    except rows ``start`` already remembers (at or before its ``history_until``: a slice held out
+    of its training but added to its histories afterwards, see ``remember``).
     ``replay`` rows (history sampled again) only extend the vocabularies. Catalog items join the
     item table even before anyone buys them, so they can be recommended. ``title_vectors``
     (indexed by item id, see ``models.text``) give items their text; an item without one keeps
@@ -179,19 +184,35 @@ def prepare(
     with torch.no_grad():
         model.item_category.copy_(_item_categories(items, categories, catalog))
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
-        model.user_history.copy_(_merge_histories(history, users, items, interactions))
+        fresh = interactions
+        if start is not None and start.history_until is not None:
+            fresh = interactions[interactions["event_time"] > start.history_until]
+        model.user_history.copy_(_merge_histories(history, users, items, fresh))
         if title_vectors is not None and len(title_vectors):
             rows = items.encode(title_vectors.index)
             model.item_text[rows[rows >= 0]] = torch.as_tensor(title_vectors.to_numpy()[rows >= 0], dtype=torch.float32)
 
-    item_counts = interactions["item_id"].value_counts()
-    user_counts = interactions["user_id"].value_counts()
+    item_counts = fresh["item_id"].value_counts()
+    user_counts = fresh["user_id"].value_counts()
     if start is not None:
         item_counts = item_counts.add(start.item_counts, fill_value=0)
         user_counts = user_counts.add(start.user_counts, fill_value=0)
+    times = [t for t in (fresh["event_time"].max() if len(fresh) else None, start.history_until if start else None) if t is not None]
     return Recommender(
-        model, users, items, categories, item_counts.astype("int64"), config, user_counts=user_counts.astype("int64")
+        model, users, items, categories, item_counts.astype("int64"), config, user_counts=user_counts.astype("int64"),
+        history_until=max(times) if times else None,
     )
+
+
+def remember(recommender: Recommender, rows: pd.DataFrame, catalog: pd.DataFrame) -> Recommender:
+    """The trained model with ``rows`` added to its user histories and popularity, not to its
+    weights: the slice held out to evaluate it is the freshest evidence of what users want, and
+    a served model should know it. Users new in ``rows`` get a row placed by their history."""
+    remembered = prepare(rows, catalog, recommender.config, recommender)
+    remembered.model.eval()
+    for name in ("steps", "history", "curve", "epochs_done", "best_score", "best_epoch"):
+        setattr(remembered, name, getattr(recommender, name))
+    return remembered
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -239,7 +260,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     if recommender.optimizer_state is not None and recommender.epochs_done:
         optimizer.load_state_dict(recommender.optimizer_state)
-    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # Buffers (histories, item side data) are the same in every process: no need to broadcast them.
+    forward = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def loss_step(batch_users: torch.Tensor, batch_items: torch.Tensor, offset: int) -> torch.Tensor:
@@ -254,7 +276,8 @@ def train(
         logger.info("before training: validation score %.4f", recommender.best_score)
 
     bar = tqdm(
-        total=total_steps * config.batch_size, initial=recommender.steps * config.batch_size, unit="int", unit_scale=True,
+        total=min(config.epochs * len(users), total_steps * config.batch_size),
+        initial=min(recommender.epochs_done * len(users), recommender.steps * config.batch_size), unit="int", unit_scale=True,
         desc="training", disable=not progress or rank != 0, mininterval=1.0, dynamic_ncols=True,
     )
     while (
@@ -271,6 +294,7 @@ def train(
             if recommender.steps >= total_steps:
                 break
             batch = order[start : start + config.batch_size]
+            bar.update(len(batch))
             batch = batch[: len(batch) - len(batch) % world]  # every process takes an equal share
             if len(batch) < 2:  # a softmax over one item teaches nothing
                 continue
@@ -288,16 +312,15 @@ def train(
             n_batches += 1
             logged += 1
             recommender.steps += 1
-            bar.update(len(batch))
             if recommender.steps % LOG_EVERY == 0:
-                point = {"step": recommender.steps, "loss": float(since_log / logged), "lr": lr}
+                point = {"step": recommender.steps, "loss": _global_mean(since_log, world) / logged, "lr": lr}
                 recommender.curve.append(point)
                 bar.set_postfix(loss=f"{point['loss']:.3f}", lr=f"{point['lr']:.2g}")
                 since_log.zero_()
                 logged = 0
         record = {
             "epoch": epoch + 1,
-            "loss": float(total / max(n_batches, 1)),
+            "loss": _global_mean(total, world) / max(n_batches, 1),
             "lr": optimizer.param_groups[0]["lr"],
             "steps": recommender.steps,
             "seconds": time.perf_counter() - started,
@@ -330,6 +353,16 @@ def _score(validate: Callable[[Recommender], float], recommender: Recommender, m
     recommender.model = model
     with torch.no_grad():
         return float(validate(recommender))
+
+
+def _global_mean(value: torch.Tensor, world: int) -> float:
+    """A loss summed in this process, averaged over the processes (each holds an equal share of
+    every batch, so this is the loss of the whole batches)."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
 
 
 def _cpu_copy(state: dict) -> dict:

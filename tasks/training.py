@@ -6,7 +6,8 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from data_checks.contract import empty_interactions
 from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.text import catalog_title_vectors
-from models.train import Recommender, TrainConfig, prepare, train
+from models.train import Recommender, TrainConfig, prepare, remember, train
 from tasks import ledger
 from tasks.ingest import load_catalog
 from tasks.tracking import ChampionInfo
@@ -226,6 +227,17 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
     return Evaluation(challenger_metrics, champion_metrics, len(data.holdout))
 
 
+def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
+    """The evaluated challenger with the held-out rows added to its user histories (not to its
+    weights: the next update trains on them), so the model that serves knows every user's
+    latest purchases. Run after evaluation: scored with them, the holdout would leak."""
+    if data.holdout.empty:
+        return challenger
+    served = remember(Recommender.load(challenger.checkpoint_path), data.holdout, data.catalog)
+    path = served.save(Path(challenger.checkpoint_path).with_suffix(".served.pt"))
+    return replace(challenger, checkpoint_path=str(path))
+
+
 @task(name="assemble-training-data", retries=1, cache_policy=NO_CACHE)
 def assemble_training_data(
     settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
@@ -263,3 +275,10 @@ def evaluate_models(challenger: Challenger, champion: ChampionInfo | None, data:
         settings.eval_k, evaluation.challenger.users, evaluation.challenger.recall, champion_text,
     )
     return evaluation
+
+
+@task(name="remember-holdout", cache_policy=NO_CACHE)
+def remember_evaluated_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
+    served = remember_holdout(challenger, data)
+    get_run_logger().info("the %d held-out rows join the challenger's user histories", len(data.holdout))
+    return served

@@ -32,3 +32,11 @@ def test_environment_overrides(monkeypatch, tmp_path):
 def test_standard_mlflow_tracking_uri_is_respected(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert Settings().mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_a_checkpoint_start_needs_its_path(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="init_checkpoint_path"):
+        Settings(init_from="checkpoint")
+    assert Settings(init_from="checkpoint", init_checkpoint_path=tmp_path / "m.pt").init_checkpoint_path == tmp_path / "m.pt"

@@ -11,7 +11,7 @@ from data_checks.sources.synthetic import EPOCH, write_weeks
 from tasks import ledger
 from tasks.ingest import find_new_files, validate_file
 from tasks.tracking import ChampionInfo
-from tasks.training import assemble
+from tasks.training import assemble, replay_sample
 from tests.conftest import TINY_SHOP
 
 
@@ -48,3 +48,26 @@ def test_an_update_trains_on_the_champions_holdout_and_replays_history(settings)
     assert len(seen) == len(first.holdout) + ledger.unconsumed_batches(engine)[0].rows_accepted
     assert (update.replay["event_time"] <= watermark).all()
     assert len(update.replay) == min(len(first.new), int(len(update.new) * settings.replay_ratio))
+
+
+def test_replay_with_a_half_life_draws_recent_history_more_often():
+    days = pd.date_range("2026-01-01", periods=200, freq="D", tz="UTC")
+    history = pd.DataFrame({"event_time": days.repeat(50), "user_id": "u", "item_id": "i"})
+    now = days[-1] + pd.Timedelta(days=1)
+    uniform = replay_sample(history, 1000, None, now, seed=0)
+    recent = replay_sample(history, 1000, 30.0, now, seed=0)
+    assert len(uniform) == len(recent) == 1000 and not recent.index.duplicated().any()
+    last_month = history["event_time"] >= now - pd.Timedelta(days=30)
+    assert uniform["event_time"].ge(now - pd.Timedelta(days=30)).mean() < 0.25  # about 30 of 200 days
+    assert recent["event_time"].ge(now - pd.Timedelta(days=30)).mean() > 0.45  # half the mass within one half-life
+    assert len(replay_sample(history[last_month], 10_000, 30.0, now, seed=0)) == last_month.sum()  # never more than there is
+
+
+def test_a_full_retrain_replays_all_history(settings):
+    land(settings, range(0, 2))
+    first = assemble(settings, None)
+    ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
+    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), first.new["event_time"].max(), 0.3)
+    land(settings, range(2, 3))
+    update = assemble(settings.model_copy(update={"init_from": "scratch"}), champion)
+    assert len(update.replay) == len(first.new)  # every row up to the champion's watermark

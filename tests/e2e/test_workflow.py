@@ -91,6 +91,15 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     assert recs.groupby("user_id").size().to_dict() == {known_user: 5, "never-seen": 5}
     assert champion.run_id and client.get_run(champion.run_id).data.params["trained_until"]
 
+    # A person can follow the training: the loss curves and the schedule, as figure and metrics.
+    training_run = client.get_run(champion.run_id)
+    assert "training/curves.png" in [f.path for f in client.list_artifacts(champion.run_id, "training")]
+    epochs = int(training_run.data.params["epochs"])
+    assert len(client.get_metric_history(champion.run_id, "epoch_loss")) == epochs
+    assert len(client.get_metric_history(champion.run_id, "validation_recall")) == epochs
+    assert 0 <= int(training_run.data.params["best_epoch"]) <= epochs
+    assert not list(settings.checkpoints_dir.glob("training-*.pt"))  # resume files go when training ends
+
     # Every run left a markdown artifact with its decisions.
     async def artifacts():
         async with get_client() as prefect:
