@@ -154,6 +154,10 @@ def main() -> None:
         "replay3-recent30-lr01-e4": dict(config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=3.0, half_life=30.0, early_stopping=False),
         "replay6-recent90-lr01-e4": dict(config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=6.0, half_life=90.0, early_stopping=False),
         "replay3-recent90-lr02-e4": dict(config=replace(warm, epochs=4, learning_rate=0.02), replay_ratio=3.0, half_life=90.0, early_stopping=False),
+        "replay3-recent30-lr01-e4-keep-best": dict(
+            config=replace(warm, epochs=4, learning_rate=0.01, patience=4), replay_ratio=3.0, half_life=30.0, early_stopping=True,
+            remember_holdout=True,
+        ),
         "replay3-lr01-e4-remember": dict(
             config=replace(warm, epochs=4, learning_rate=0.01), replay_ratio=3.0, half_life=None, early_stopping=False, remember_holdout=True
         ),

@@ -19,6 +19,18 @@ logger = logging.getLogger(__name__)
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's sentence vector
 MODEL_NAME = "all-MiniLM-L6-v2"
+# The item tower projects every item's title vector at every step. A fixed random projection
+# (Johnson-Lindenstrauss: cosine similarities kept up to about 1/sqrt(64)) to 64 dimensions
+# makes that 6x cheaper: 384 wide, it halved training throughput on the 2-core CPU. Fixed seed,
+# so every model and every warm start sees the same coordinates.
+MODEL_TEXT_DIM = 64
+PROJECTION_SEED = 20261123
+
+
+def model_space(vectors: np.ndarray) -> np.ndarray:
+    """Title vectors in the MODEL_TEXT_DIM coordinates the item tower reads."""
+    basis = np.random.default_rng(PROJECTION_SEED).standard_normal((TEXT_DIM, MODEL_TEXT_DIM)).astype(np.float32)
+    return vectors @ (basis / np.sqrt(MODEL_TEXT_DIM))
 
 
 def _load_encoder():
@@ -86,12 +98,12 @@ class TitleCache:
 
 
 def catalog_title_vectors(catalog: pd.DataFrame, cache_dir: Path | None) -> pd.DataFrame:
-    """One row per catalog item: its id and title vector (zeros without a title), as a frame
-    indexed by item id that ``models.train.prepare`` takes."""
+    """One row per catalog item: its id and title vector in model space (zeros without a title),
+    as a frame indexed by item id that ``models.train.prepare`` takes."""
     titles = catalog["title"] if "title" in catalog else pd.Series(pd.NA, index=catalog.index)
     titles = titles.astype("string")
     vectors = TitleCache(cache_dir).vectors(titles) if cache_dir else _uncached(titles)
-    return pd.DataFrame(vectors, index=pd.Index(catalog["item_id"].astype(str), name="item_id"))
+    return pd.DataFrame(model_space(vectors), index=pd.Index(catalog["item_id"].astype(str), name="item_id"))
 
 
 def _uncached(titles: pd.Series) -> np.ndarray:

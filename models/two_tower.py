@@ -23,7 +23,7 @@ class ModelArgs:
     n_categories: int  # index 0 is "unknown"
     dim: int = 32
     history_length: int = 20
-    text_dim: int = 384  # width of the title vectors (all-MiniLM-L6-v2)
+    text_dim: int = 64  # width of the title vectors (models.text.MODEL_TEXT_DIM)
 
 
 class TwoTower(nn.Module):
