@@ -257,7 +257,7 @@ def train(
 
     steps_per_epoch = math.ceil(len(users) / config.batch_size)
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or sys.maxsize)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
     if recommender.optimizer_state is not None and recommender.epochs_done:
         optimizer.load_state_dict(recommender.optimizer_state)
     # Buffers (histories, item side data) are the same in every process: no need to broadcast them.

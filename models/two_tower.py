@@ -45,7 +45,15 @@ class TwoTower(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of ``items``, or of the whole table (row 0 is padding) when None."""
+        if items is None:  # the tables themselves: no lookups to differentiate through
+            return (
+                self.item_embedding.weight
+                + self.text_projection(self.item_text)
+                + self.category_embedding(self.item_category)
+                + self.price_projection(self.item_log_price.unsqueeze(-1))
+            )
         price = self.item_log_price[items].unsqueeze(-1)
         return (
             self.item_embedding(items)
@@ -56,9 +64,13 @@ class TwoTower(nn.Module):
 
     def user_vectors(self, users: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
         history = self.user_history[users]  # (batch, L), 0 = empty slot
-        mask = (history > 0).unsqueeze(-1).to(self.user_embedding.weight.dtype)
-        history_vectors = item_table[history] if item_table is not None else self.item_vectors(history)
-        pooled = (history_vectors * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if item_table is not None:
+            # A bag lookup skips the padding slots and has a fast backward on the CPU (indexing
+            # the table and summing builds a slow scatter-add there).
+            pooled = F.embedding_bag(history, item_table, mode="mean", padding_idx=0)
+        else:
+            mask = (history > 0).unsqueeze(-1).to(self.user_embedding.weight.dtype)
+            pooled = (self.item_vectors(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.user_embedding(users) + pooled
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +80,8 @@ class TwoTower(nn.Module):
         # computing the touched rows one by one (the common case below a few 100k items).
         touched = len(users) * self.args.history_length + len(items)
         if touched >= self.args.n_items:
-            table = self.item_vectors(torch.arange(self.args.n_items, device=users.device))
-            return F.normalize(self.user_vectors(users, table), dim=-1), F.normalize(table[items], dim=-1)
+            table = self.item_vectors()
+            return F.normalize(self.user_vectors(users, table), dim=-1), F.normalize(F.embedding(items, table), dim=-1)
         return F.normalize(self.user_vectors(users), dim=-1), F.normalize(self.item_vectors(items), dim=-1)
 
     @torch.no_grad()
