@@ -1,4 +1,4 @@
-"""Command line: python -m flows {generate,bootstrap,run,demo} [--help]."""
+"""Command line: python -m flows {generate,bootstrap,run,history,rollback,ledger,demo} [--help]."""
 
 from __future__ import annotations
 
@@ -57,13 +57,63 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     for r in rows:
         reasons = r.reasons if len(r.reasons) <= 60 else r.reasons[:57] + "..."
         table.append((str(r.id), r.file_name, r.status, f"{r.rows_in:,}", f"{r.rows_accepted:,}", f"{r.rows_quarantined:,}", r.consumed_by_version or "-", reasons))
+    _print_table(table)
+    totals = [sum(getattr(r, f) for r in rows if r.kind == "interactions") for f in ("rows_in", "rows_accepted", "rows_quarantined")]
+    print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
+    return 0
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    totals = [sum(getattr(r, f) for r in rows if r.kind == "interactions") for f in ("rows_in", "rows_accepted", "rows_quarantined")]
-    print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Every move of the champion alias: when, from, to, why and which run."""
+    from tasks import ledger
+    from tasks.tracking import champion_version, mlflow_client
+
+    settings = _settings()
+    moves = ledger.moves(ledger.connect(settings.ledger_url), settings.registered_model_name)
+    if args.json:
+        for move in moves:
+            print(json.dumps(move.__dict__, default=str))
+        return 0
+    if not moves:
+        print(f"no alias moves recorded for {settings.registered_model_name} in {settings.ledger_url}")
+        return 0
+    table = [("#", "when (UTC)", "alias", "action", "from", "to", "mlflow run", "why")]
+    for m in moves:
+        table.append((
+            str(m.seq), m.moved_at.strftime("%Y-%m-%d %H:%M:%S"), m.alias, m.action, m.from_version or "-", m.to_version,
+            (m.mlflow_run_id or "-")[:12], m.reason,
+        ))
+    _print_table(table)
+    client, _ = mlflow_client(settings)
+    current = champion_version(client, settings)
+    recorded = ledger.latest_move(ledger.connect(settings.ledger_url), settings.registered_model_name, settings.champion_alias)
+    if recorded is not None and (current is None or str(current.version) != recorded.to_version):
+        print(
+            f"\nwarning: the registry has @{settings.champion_alias} = {current.version if current else None}, but the last "
+            f"recorded move is to version {recorded.to_version}: the alias was moved outside freshrec. "
+            f"`python -m flows rollback --to VERSION --reason ...` records where it should be.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from flows.rollback import rollback
+
+    state = rollback(reason=args.reason, to_version=args.to, settings=_settings(), return_state=True)
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
+    print(state.message)
     return 0
 
 
@@ -170,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     led = sub.add_parser("ledger", help="print the ledger: every landed file and what became of it")
     led.add_argument("--json", action="store_true", help="one JSON object per file")
     led.set_defaults(func=cmd_ledger)
+
+    hist = sub.add_parser("history", help="print every move of the champion alias: when, from, to, why, which run")
+    hist.add_argument("--json", action="store_true", help="one JSON object per move")
+    hist.set_defaults(func=cmd_history)
+
+    back = sub.add_parser("rollback", help="move the champion back to the version it replaced, and record why")
+    back.add_argument("--reason", required=True, help="why: kept in the audit trail (python -m flows history)")
+    back.add_argument("--to", default=None, help="roll back to this version instead of the one the champion replaced")
+    back.set_defaults(func=cmd_rollback)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)

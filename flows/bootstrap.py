@@ -49,12 +49,14 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     challenger = train_challenger(data, None, settings)
     evaluation = evaluate_models(challenger, None, data, settings)
     challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.challenger.recall, None, settings)
+    verdict = judge_challenger(evaluation.evidence(), settings)
     run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
-    version = register_champion(settings, run_id, model_uri, None, verdict, data) if verdict.promote else None
+    registration = register_champion(settings, run_id, model_uri, None, verdict, data, evaluation) if verdict.promote else None
+    version = registration.version if registration else None
+    reasons = verdict.reasons + ([f"not promoted: {registration.reason}"] if registration and version is None else [])
     outcomes.append(
         BatchOutcome(
-            "bootstrap (from scratch)", data.rows, data.rows, 0, "trained", update=True, reasons=verdict.reasons,
+            "bootstrap (from scratch)", data.rows, data.rows, 0, "trained", update=True, reasons=reasons,
             challenger_recall=evaluation.challenger.recall, promoted=version is not None, champion_version=version,
             mlflow_run_id=run_id,
         )

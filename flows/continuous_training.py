@@ -40,13 +40,15 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     challenger = train_challenger(data, champion, settings)
     evaluation = evaluate_models(challenger, champion, data, settings)
     challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.challenger.recall, evaluation.champion.recall, settings)
+    verdict = judge_challenger(evaluation.evidence(), settings)
     run_id, model_uri = log_training_run(settings, validation.file_name, data, challenger, evaluation, verdict, champion, decision, drift)
     outcome.challenger_recall, outcome.champion_recall = evaluation.challenger.recall, evaluation.champion.recall
     outcome.reasons, outcome.mlflow_run_id = decision.reasons + verdict.reasons, run_id
     if verdict.promote:
-        version = register_champion(settings, run_id, model_uri, champion, verdict, data)
-        outcome.promoted, outcome.champion_version = version is not None, version or champion.version
+        registration = register_champion(settings, run_id, model_uri, champion, verdict, data, evaluation)
+        outcome.promoted, outcome.champion_version = registration.version is not None, registration.version or champion.version
+        if registration.version is None:
+            outcome.reasons.append(f"not promoted: {registration.reason}")
     return outcome
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from models.metrics import ndcg_at_k, recall_at_k
+from models.metrics import catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from models.train import Recommender
+
+METRICS = ("recall", "ndcg", "hit_rate", "mrr")  # the per-user ones; coverage is per slice
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,25 @@ class SliceMetrics:
     ndcg: float
     users: int  # users evaluated
     k: int
+    hit_rate: float = 0.0
+    mrr: float = 0.0
+    coverage: float = 0.0  # share of the candidate items shown to at least one user
+    # Per-user values of each metric, in ``user_ids`` order: for bootstrap intervals and for
+    # paired comparisons of two models on the same users.
+    per_user: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    user_ids: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def value(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+    def summary(self) -> dict[str, float]:
+        return {name: self.value(name) for name in (*METRICS, "coverage")} | {"users": self.users}
 
 
 def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Item ids and scores of the k best items per user. Users the model never saw get the most
-    popular items of its training data, scored by their share of interactions."""
+    """Item ids and scores of the k best items per user, ranked over the whole item table. Users
+    the model never saw get the most popular items of its training data, scored by their share
+    of interactions. Slots past the end of a short catalog hold ""."""
     users = recommender.users.encode(user_ids)
     known = users >= 0
     item_ids = np.full((len(users), k), "", dtype=object)
@@ -43,18 +59,50 @@ def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 20
     return item_ids, scores
 
 
-def evaluate(recommender: Recommender, holdout: pd.DataFrame, eval_users: pd.Index, k: int) -> SliceMetrics:
-    """Recall@K and NDCG@K on ``holdout``: the relevant set of a user is the distinct items they
-    bought in it; only ``eval_users`` (users the system knew before the slice) are scored."""
-    relevant = holdout[holdout["user_id"].isin(eval_users)].groupby("user_id")["item_id"].agg(lambda s: set(s))
+def relevant_sets(interactions: pd.DataFrame, eval_users: pd.Index) -> pd.Series:
+    """Per evaluated user (sorted by id), the distinct items they bought in ``interactions``."""
+    known = interactions[interactions["user_id"].isin(eval_users)]
+    return known.groupby("user_id")["item_id"].agg(frozenset)
+
+
+def evaluate(
+    recommender: Recommender, holdout: pd.DataFrame, eval_users: pd.Index, k: int, catalog_size: int | None = None
+) -> SliceMetrics:
+    """Recall, NDCG, hit rate and MRR at K, and catalog coverage, on ``holdout``: the relevant
+    set of a user is the distinct items they bought in it; only ``eval_users`` (users the system
+    knew before the slice) are scored. Coverage counts against ``catalog_size`` (default: the
+    items the model can rank), so two models can be compared on the same denominator."""
+    relevant = relevant_sets(holdout, eval_users)
     if relevant.empty:
         return SliceMetrics(recall=0.0, ndcg=0.0, users=0, k=k)
     ranked, _ = top_k(recommender, relevant.index.to_series(), k)
-    hits = np.array([[item in wanted for item in row] for row, wanted in zip(ranked, relevant)], dtype=bool)
+    hits = hit_matrix(ranked, relevant)
     n_relevant = relevant.map(len).to_numpy()
+    per_user = {
+        "recall": recall_at_k(hits, n_relevant, k),
+        "ndcg": ndcg_at_k(hits, n_relevant, k),
+        "hit_rate": hit_rate_at_k(hits, k),
+        "mrr": mrr_at_k(hits, k),
+    }
     return SliceMetrics(
-        recall=float(recall_at_k(hits, n_relevant, k).mean()),
-        ndcg=float(ndcg_at_k(hits, n_relevant, k).mean()),
+        **{name: float(values.mean()) for name, values in per_user.items()},
         users=len(relevant),
         k=k,
+        coverage=catalog_coverage(ranked, catalog_size or len(recommender.items) - 1),
+        per_user=per_user,
+        user_ids=tuple(relevant.index),
     )
+
+
+def hit_matrix(ranked: np.ndarray, relevant: pd.Series) -> np.ndarray:
+    """``hits[u, r]``: is the r-th item of user u's list in their relevant set (one join, no
+    Python loop over users)."""
+    n_users, k = ranked.shape
+    pairs = pd.DataFrame(
+        {"row": np.repeat(np.arange(n_users), relevant.map(len).to_numpy()), "item_id": [i for s in relevant for i in s]}
+    )
+    listed = pd.DataFrame({"row": np.repeat(np.arange(n_users), k), "rank": np.tile(np.arange(k), n_users), "item_id": ranked.ravel()})
+    found = listed.merge(pairs, on=["row", "item_id"], how="inner")
+    hits = np.zeros((n_users, k), dtype=bool)
+    hits[found["row"].to_numpy(), found["rank"].to_numpy()] = True
+    return hits

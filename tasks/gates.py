@@ -44,6 +44,11 @@ class UpdateDecision:
 class PromotionVerdict:
     promote: bool
     reasons: list[str]
+    checks: list["GateCheck"] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.reason for c in self.checks if not c.passed]
 
 
 def decide_update(measured: UpdateSignals, settings: Settings) -> UpdateDecision:
@@ -65,22 +70,92 @@ def decide_update(measured: UpdateSignals, settings: Settings) -> UpdateDecision
     return UpdateDecision(False, ["no signal crossed its threshold: " + "; ".join(_describe(s) for s in signals)], signals)
 
 
-def promotion_verdict(challenger_recall: float, champion_recall: float | None, settings: Settings) -> PromotionVerdict:
-    """A challenger replaces the champion only when it reaches the minimum quality and beats the
-    champion on the same slice by more than ``min_improvement``."""
-    k = settings.eval_k
-    if challenger_recall < settings.min_recall:
-        return PromotionVerdict(
-            False, [f"challenger Recall@{k} {challenger_recall:.4f} is below the minimum {settings.min_recall:.4f}"]
-        )
-    if champion_recall is None:
-        return PromotionVerdict(True, [f"first champion: Recall@{k} {challenger_recall:.4f} reaches the minimum"])
-    gain = challenger_recall - champion_recall
-    comparison = f"challenger Recall@{k} {challenger_recall:.4f} vs champion {champion_recall:.4f} ({gain:+.4f})"
-    # The epsilon keeps a gain of exactly min_improvement (0.30 - 0.29 in floats) from passing.
-    if gain > settings.min_improvement + 1e-9:
-        return PromotionVerdict(True, [f"{comparison} beats the required gain of {settings.min_improvement:+.4f}"])
-    return PromotionVerdict(False, [f"{comparison} does not beat the required gain of {settings.min_improvement:+.4f}"])
+METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "hit_rate": "HitRate", "mrr": "MRR"}
+
+
+@dataclass(frozen=True)
+class PromotionEvidence:
+    """What the gate needs, all on the primary metric: both models scored on the same slices."""
+
+    metric: str  # recall | ndcg | hit_rate | mrr
+    k: int
+    challenger: float  # on the newest held-out slice
+    champion: float | None  # None: there is no champion yet
+    gain_interval: tuple[float, float] | None = None  # bootstrap interval of challenger - champion
+    historical_challenger: float | None = None  # on the historical slice (forgetting)
+    historical_champion: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{METRIC_LABELS[self.metric]}@{self.k}"
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str  # value | change | forgetting | significance
+    passed: bool
+    reason: str
+
+
+def promotion_verdict(evidence: PromotionEvidence, settings: Settings) -> PromotionVerdict:
+    """Promote iff every check passes: the value threshold (the challenger reaches
+    ``min_primary_metric``), the change thresholds (it beats the champion by more than
+    ``min_improvement`` absolute and ``min_relative_improvement`` relative), the forgetting
+    tolerance (it loses at most ``max_forgetting`` on the historical slice) and, when
+    ``require_significant_gain``, a gain interval above zero. Every check is reported."""
+    checks = [_value_check(evidence, settings)]
+    if evidence.champion is None:
+        checks.append(GateCheck("change", True, "first champion: nothing to compare with"))
+    else:
+        checks.append(_change_check(evidence, settings))
+        if evidence.historical_challenger is not None and evidence.historical_champion is not None:
+            checks.append(_forgetting_check(evidence, settings))
+        if settings.require_significant_gain:
+            checks.append(_significance_check(evidence))
+    promote = all(c.passed for c in checks)
+    return PromotionVerdict(promote, [c.reason for c in checks], checks)
+
+
+# The epsilon keeps a value exactly at a threshold (0.30 - 0.29 in floats) on the strict side.
+_EPS = 1e-9
+
+
+def _value_check(e: PromotionEvidence, settings: Settings) -> GateCheck:
+    passed = e.challenger >= settings.min_primary_metric - _EPS
+    relation = "reaches" if passed else "is below"
+    return GateCheck("value", passed, f"challenger {e.label} {e.challenger:.4f} {relation} the minimum {settings.min_primary_metric:.4f}")
+
+
+def _change_check(e: PromotionEvidence, settings: Settings) -> GateCheck:
+    gain = e.challenger - e.champion
+    relative = gain / e.champion if e.champion > 0 else (float("inf") if gain > 0 else 0.0)
+    passed = gain > settings.min_improvement + _EPS and relative > settings.min_relative_improvement + _EPS
+    verb = "beats" if passed else "does not beat"
+    return GateCheck(
+        "change", passed,
+        f"challenger {e.label} {e.challenger:.4f} vs champion {e.champion:.4f} ({gain:+.4f}, {relative:+.1%}) {verb} "
+        f"the required gain of more than {settings.min_improvement:+.4f} and {settings.min_relative_improvement:+.1%}",
+    )
+
+
+def _forgetting_check(e: PromotionEvidence, settings: Settings) -> GateCheck:
+    loss = e.historical_champion - e.historical_challenger
+    passed = loss <= settings.max_forgetting + _EPS
+    verdict = "within" if passed else "beyond"
+    return GateCheck(
+        "forgetting", passed,
+        f"historical slice: challenger {e.label} {e.historical_challenger:.4f} vs champion {e.historical_champion:.4f} "
+        f"(forgot {loss:+.4f}), {verdict} the tolerance of {settings.max_forgetting:.4f}",
+    )
+
+
+def _significance_check(e: PromotionEvidence) -> GateCheck:
+    if e.gain_interval is None:
+        return GateCheck("significance", False, "no interval for the gain: cannot show it is significant")
+    low, high = e.gain_interval
+    passed = low > 0
+    verdict = "above" if passed else "not above"
+    return GateCheck("significance", passed, f"gain interval [{low:+.4f}, {high:+.4f}] is {verdict} zero")
 
 
 def _describe(signal: Signal) -> str:

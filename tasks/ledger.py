@@ -1,4 +1,6 @@
-"""The ledger: one row per landed file, what became of it, and which model consumed it.
+"""The ledger: one row per landed file, what became of it, and which model consumed it; and one
+row per move of a registry alias (promotion or rollback), which is also the lock that keeps two
+runs from both promoting against the same champion.
 
 SQLAlchemy Core over any URL (SQLite by default, PostgreSQL at scale). Rows in = rows accepted
 + rows quarantined holds for every row, and a database constraint enforces it.
@@ -37,6 +39,42 @@ batches = sa.Table(
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
 )
+
+
+# Every move of a registry alias, in order. ``seq`` numbers the moves of one (model, alias) and is
+# unique: a run that wants to move the alias inserts the next number after the move it saw, so of
+# two runs that saw the same champion only the first insert succeeds (optimistic locking).
+alias_moves = sa.Table(
+    "alias_moves",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("moved_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # promote | rollback
+    sa.Column("from_version", sa.String(32), nullable=True),  # None: the first champion
+    sa.Column("to_version", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # the run that trained to_version
+    sa.Column("flow_run_id", sa.String(64), nullable=True),  # the Prefect flow run that moved it
+    sa.UniqueConstraint("model_name", "alias", "seq", name="one_move_per_seq"),
+)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    id: int
+    model_name: str
+    alias: str
+    seq: int
+    moved_at: datetime
+    action: str
+    from_version: str | None
+    to_version: str
+    reason: str
+    mlflow_run_id: str | None
+    flow_run_id: str | None
 
 
 @dataclass(frozen=True)
@@ -197,3 +235,66 @@ def _as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=timezone.utc)
+
+
+def latest_move(engine: sa.Engine, model_name: str, alias: str) -> AliasMove | None:
+    query = (
+        sa.select(alias_moves)
+        .where(alias_moves.c.model_name == model_name, alias_moves.c.alias == alias)
+        .order_by(alias_moves.c.seq.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return _move(row) if row else None
+
+
+def claim_move(
+    engine: sa.Engine,
+    model_name: str,
+    alias: str,
+    expected_from: str | None,
+    to_version: str,
+    action: str,
+    reason: str,
+    mlflow_run_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> AliasMove | None:
+    """Record that ``alias`` moves from ``expected_from`` to ``to_version``, if the last recorded
+    move left it at ``expected_from`` (or none is recorded); None when another run moved it
+    first. Call it before moving the alias in the registry, and `release_move` if that fails."""
+    last = latest_move(engine, model_name, alias)
+    if last is not None and last.to_version != expected_from:
+        return None
+    values = dict(
+        model_name=model_name, alias=alias, seq=(last.seq if last else 0) + 1, moved_at=datetime.now(timezone.utc),
+        action=action, from_version=expected_from, to_version=to_version, reason=reason,
+        mlflow_run_id=mlflow_run_id, flow_run_id=flow_run_id,
+    )
+    try:
+        with engine.begin() as conn:
+            move_id = conn.execute(alias_moves.insert().values(**values)).inserted_primary_key[0]
+    except sa.exc.IntegrityError:  # a concurrent run inserted the same seq first
+        return None
+    return AliasMove(id=int(move_id), **values)
+
+
+def release_move(engine: sa.Engine, move_id: int) -> None:
+    """Undo a claim whose registry move failed, so the trail never names a move that did not happen."""
+    with engine.begin() as conn:
+        conn.execute(alias_moves.delete().where(alias_moves.c.id == move_id))
+
+
+def moves(engine: sa.Engine, model_name: str | None = None) -> list[AliasMove]:
+    """Every recorded alias move, oldest first."""
+    query = sa.select(alias_moves).order_by(alias_moves.c.id)
+    if model_name is not None:
+        query = query.where(alias_moves.c.model_name == model_name)
+    with engine.connect() as conn:
+        return [_move(row) for row in conn.execute(query).mappings()]
+
+
+def _move(row: sa.RowMapping) -> AliasMove:
+    values = {name: row[name] for name in AliasMove.__dataclass_fields__}
+    values["moved_at"] = _as_utc(values["moved_at"])
+    return AliasMove(**values)

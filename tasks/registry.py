@@ -7,15 +7,19 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import version as installed
 from pathlib import Path
 
 import mlflow
+import mlflow.data
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.drift import DriftResult, reference_sample
@@ -88,11 +92,13 @@ def log_run(
             }
         )
         metrics = {
+            # The names the champion's loader and the decay signal read (the newest slice).
             "challenger_recall": evaluation.challenger.recall,
             "challenger_ndcg": evaluation.challenger.ndcg,
             "eval_users": evaluation.challenger.users,
             "train_seconds": challenger.train_seconds,
             "final_loss": challenger.final_loss,
+            **evaluation.metrics(),
         }
         if evaluation.champion is not None:
             metrics |= {"champion_recall": evaluation.champion.recall, "champion_ndcg": evaluation.champion.ndcg}
@@ -101,6 +107,7 @@ def log_run(
             if drift.report_path:
                 mlflow.log_artifact(drift.report_path, artifact_path="reports")
         mlflow.log_metrics(metrics)
+        log_lineage(settings, data)
         mlflow.set_tags(
             {
                 "freshrec.decision": json.dumps(decision.reasons if decision else ["bootstrap"]),
@@ -141,24 +148,159 @@ def log_training_curves(run_id: str, recommender: Recommender) -> None:
     mlflow.log_figure(training_figure(recommender.history, recommender.curve), "training/curves.png")
 
 
+def log_lineage(settings: Settings, data: TrainingData) -> None:
+    """The run's training and evaluation data as MLflow dataset inputs (name, digest, source,
+    and the ledger batches they came from), so a registered version leads back to its batches."""
+    source = settings.accepted_dir.resolve().as_uri()
+    batches = {"batches": ",".join(map(str, data.batch_ids)), **data.data_range()}
+    inputs = (
+        ("training", "training", pd.concat([data.new, data.replay], ignore_index=True)),
+        ("holdout", "evaluation", data.holdout),
+        ("historical", "evaluation", data.historical),
+    )
+    with warnings.catch_warnings():
+        # MLflow warns that a local path "can be interpreted in multiple ways", then picks the local one.
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        warnings.filterwarnings("ignore", message=".*integer column.*")  # schema inference on quantities
+        for name, context, frame in inputs:
+            dataset = mlflow.data.from_pandas(frame, source=source, name=f"{settings.registered_model_name}-{name}")
+            mlflow.log_input(dataset, context=context, tags={"rows": str(len(frame)), **batches})
+
+
+def version_tags(run_id: str, data: TrainingData, evaluation: Evaluation, verdict: PromotionVerdict, parent: str | None) -> dict[str, str]:
+    """What a registry user needs to judge a version without opening its run."""
+    metrics = {key: round(value, 6) for key, value in evaluation.metrics().items() if key.split(".")[0] in ("challenger", "champion")}
+    return {
+        "freshrec.run_id": run_id,
+        "freshrec.parent_version": parent or "none",
+        "freshrec.batches": ",".join(map(str, data.batch_ids)),
+        "freshrec.data_range": json.dumps(data.data_range()),
+        "freshrec.primary_metric": f"{evaluation.metric}@{evaluation.challenger.k}",
+        "freshrec.metrics": json.dumps(metrics),
+        "freshrec.verdict": "promote" if verdict.promote else "reject",
+        "freshrec.verdict_reasons": json.dumps(verdict.reasons),
+    }
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: str | None  # None: not promoted
+    reason: str
+
+
 def register(
-    settings: Settings, run_id: str, model_uri: str, champion: ChampionInfo | None, reasons: list[str], batch_ids: list[int]
-) -> str | None:
-    """Register the model and move the champion alias to it, unless another run moved the alias
-    since this challenger was compared (then it stays registered but not champion)."""
+    settings: Settings,
+    run_id: str,
+    model_uri: str,
+    champion: ChampionInfo | None,
+    tags: dict[str, str],
+    batch_ids: list[int],
+    flow_run_id: str | None = None,
+) -> Registration:
+    """Register the model and move the champion alias to it, only if the champion is still the
+    version this challenger was compared with. The move is claimed in the ledger first (a unique
+    sequence number per alias), so of two runs that compared with the same champion exactly one
+    promotes; the other's version is removed again and its run says why."""
     client, _ = mlflow_client(settings)
-    name = settings.registered_model_name
-    current = champion_version(client, settings)
+    engine = ledger.connect(settings.ledger_url)
+    name, alias = settings.registered_model_name, settings.champion_alias
     compared = champion.version if champion else None
+    current = champion_version(client, settings)
     if (str(current.version) if current else None) != compared:
+        return _not_promoted(client, run_id, f"the champion moved from version {compared} to {current.version if current else None} while this challenger trained")
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    reason = json.loads(tags["freshrec.verdict_reasons"])
+    move = ledger.claim_move(engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id)
+    if move is None:
+        client.delete_model_version(name, version)  # it never served: the registry lists champions only
+        latest = ledger.latest_move(engine, name, alias)
+        return _not_promoted(
+            client, run_id,
+            f"the last recorded move of @{alias} is to version {latest.to_version if latest else None}, not version "
+            f"{compared} that this challenger was compared with (another run promoted first; see `python -m flows history`)",
+        )
+    try:
+        if compared is not None:
+            client.set_registered_model_alias(name, PREVIOUS_ALIAS, compared)
+        client.set_registered_model_alias(name, alias, version)
+    except Exception:
+        ledger.release_move(engine, move.id)
+        raise
+    ledger.mark_consumed(engine, batch_ids, str(version))
+    client.set_tag(run_id, "freshrec.promotion", f"promoted to version {version}")
+    return Registration(str(version), f"version {version} is now @{alias}")
+
+
+class RollbackError(RuntimeError):
+    pass
+
+
+def previous_champion(engine, client: MlflowClient, settings: Settings, version: str) -> str | None:
+    """The version ``version`` replaced when it was promoted (from the audit trail; for a
+    champion promoted before the trail existed, the ``previous-champion`` alias)."""
+    promotions = [
+        m for m in ledger.moves(engine, settings.registered_model_name)
+        if m.alias == settings.champion_alias and m.action == "promote" and m.to_version == version
+    ]
+    if promotions:
+        return promotions[-1].from_version
+    try:
+        return str(client.get_model_version_by_alias(settings.registered_model_name, PREVIOUS_ALIAS).version)
+    except MlflowException:
         return None
-    version = mlflow.register_model(model_uri, name, tags={"freshrec.run_id": run_id, "freshrec.parent_version": compared or "none"})
-    client.set_model_version_tag(name, version.version, "freshrec.promotion_reasons", json.dumps(reasons))
-    if compared is not None:
-        client.set_registered_model_alias(name, PREVIOUS_ALIAS, compared)
-    client.set_registered_model_alias(name, settings.champion_alias, version.version)
-    ledger.mark_consumed(ledger.connect(settings.ledger_url), batch_ids, str(version.version))
-    return str(version.version)
+
+
+def rollback(settings: Settings, reason: str, to_version: str | None = None, flow_run_id: str | None = None) -> ledger.AliasMove:
+    """Move the champion alias back to the version the current champion replaced (or to
+    ``to_version``), record the move and why in the ledger, and tag the version rolled back from.
+    ``previous-champion`` then names the version before the new champion, so a second rollback
+    goes one step further back."""
+    if not reason.strip():
+        raise RollbackError("a rollback needs a reason: it is kept in the audit trail")
+    client, _ = mlflow_client(settings)
+    engine = ledger.connect(settings.ledger_url)
+    name, alias = settings.registered_model_name, settings.champion_alias
+    current = champion_version(client, settings)
+    if current is None:
+        raise RollbackError(f"{name} has no @{alias}: nothing to roll back")
+    current = str(current.version)
+    target = str(to_version) if to_version is not None else previous_champion(engine, client, settings, current)
+    if target is None:
+        raise RollbackError(f"version {current} replaced no earlier champion on record; name a version to roll back to")
+    if target == current:
+        raise RollbackError(f"version {target} is already @{alias}")
+    try:
+        target_version = client.get_model_version(name, target)
+    except MlflowException as error:
+        raise RollbackError(f"{name} has no version {target}") from error
+    # The ledger decides who moves the alias: expect the last recorded move, whatever the registry
+    # says, so an operator can also repair an alias moved by hand outside freshrec.
+    last = ledger.latest_move(engine, name, alias)
+    expected = last.to_version if last else current
+    move = ledger.claim_move(engine, name, alias, expected, target, "rollback", reason, target_version.run_id, flow_run_id)
+    if move is None:
+        raise RollbackError("the champion moved while rolling back; see `python -m flows history` and try again")
+    try:
+        client.set_registered_model_alias(name, alias, target)
+        before = previous_champion(engine, client, settings, target)
+        if before is not None and before != target:
+            client.set_registered_model_alias(name, PREVIOUS_ALIAS, before)
+        elif _has_alias(client, name, PREVIOUS_ALIAS):
+            client.delete_registered_model_alias(name, PREVIOUS_ALIAS)
+    except Exception:
+        ledger.release_move(engine, move.id)
+        raise
+    client.set_model_version_tag(name, current, "freshrec.rolled_back", json.dumps({"at": move.moved_at.isoformat(), "to": target, "reason": reason}))
+    return move
+
+
+def _has_alias(client: MlflowClient, name: str, alias: str) -> bool:
+    return alias in client.get_registered_model(name).aliases
+
+
+def _not_promoted(client: MlflowClient, run_id: str, reason: str) -> Registration:
+    client.set_tag(run_id, "freshrec.promotion", f"not promoted: {reason}")
+    return Registration(None, reason)
 
 
 @task(name="log-training-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -181,12 +323,28 @@ def log_training_run(
 # No retries: registering is not idempotent, and a retry would find the alias it had just moved.
 @task(name="register-champion", cache_policy=NO_CACHE)
 def register_champion(
-    settings: Settings, run_id: str, model_uri: str, champion: ChampionInfo | None, verdict: PromotionVerdict, data: TrainingData
-) -> str | None:
-    version = register(settings, run_id, model_uri, champion, verdict.reasons, data.batch_ids)
+    settings: Settings,
+    run_id: str,
+    model_uri: str,
+    champion: ChampionInfo | None,
+    verdict: PromotionVerdict,
+    data: TrainingData,
+    evaluation: Evaluation,
+) -> Registration:
+    tags = version_tags(run_id, data, evaluation, verdict, champion.version if champion else None)
+    registration = register(settings, run_id, model_uri, champion, tags, data.batch_ids, flow_run.get_id())
     logger = get_run_logger()
-    if version is None:
-        logger.warning("the champion changed while this challenger trained: not promoted")
+    if registration.version is None:
+        logger.warning("not promoted: %s", registration.reason)
     else:
-        logger.info("registered %s version %s as @%s", settings.registered_model_name, version, settings.champion_alias)
-    return version
+        logger.info("registered %s version %s as @%s", settings.registered_model_name, registration.version, settings.champion_alias)
+    return registration
+
+
+@task(name="roll-back-champion", cache_policy=NO_CACHE)
+def roll_back_champion(settings: Settings, reason: str, to_version: str | None = None) -> ledger.AliasMove:
+    move = rollback(settings, reason, to_version, flow_run.get_id())
+    get_run_logger().info(
+        "@%s moved back from version %s to version %s: %s", settings.champion_alias, move.from_version, move.to_version, reason
+    )
+    return move

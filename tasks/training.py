@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from data_checks.contract import empty_interactions
 from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
+from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
 from models.train import Recommender, TrainConfig, prepare, remember, train
 from tasks import ledger
+from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
 from tasks.tracking import ChampionInfo
 
@@ -32,6 +34,10 @@ class TrainingData:
     eval_users: pd.Index  # users known before the holdout: the ones both models are scored on
     catalog: pd.DataFrame
     batch_ids: list[int]  # ledger batches this training consumes
+    # Earlier accepted rows this update does not replay: both models are scored on them, and a
+    # challenger that lost too much there forgot (see settings.max_forgetting).
+    historical: pd.DataFrame = field(default_factory=empty_interactions)
+    new_items: frozenset[str] = frozenset()  # holdout items nobody bought before the holdout
 
     @property
     def rows(self) -> int:
@@ -63,11 +69,65 @@ class Challenger:
     final_loss: float
 
 
+SLICES = ("newest", "historical", "cold_start")
+
+
 @dataclass(frozen=True)
-class Evaluation:
+class SliceComparison:
+    """Challenger and champion on one slice: the same rows, users and K for both."""
+
+    name: str  # newest | historical | cold_start
+    rows: int
     challenger: SliceMetrics
     champion: SliceMetrics | None
-    holdout_rows: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    slices: dict[str, SliceComparison]
+    metric: str  # the primary metric
+    challenger_interval: tuple[float, float]  # bootstrap interval of the challenger's mean on "newest"
+    champion_interval: tuple[float, float] | None = None
+    gain_interval: tuple[float, float] | None = None  # of the paired per-user difference
+
+    @property
+    def challenger(self) -> SliceMetrics:
+        return self.slices["newest"].challenger
+
+    @property
+    def champion(self) -> SliceMetrics | None:
+        return self.slices["newest"].champion
+
+    @property
+    def holdout_rows(self) -> int:
+        return self.slices["newest"].rows
+
+    def evidence(self) -> PromotionEvidence:
+        historical = self.slices.get("historical")
+        usable = historical is not None and historical.challenger.users > 0 and historical.champion is not None
+        return PromotionEvidence(
+            metric=self.metric,
+            k=self.challenger.k,
+            challenger=self.challenger.value(self.metric),
+            champion=self.champion.value(self.metric) if self.champion is not None else None,
+            gain_interval=self.gain_interval,
+            historical_challenger=historical.challenger.value(self.metric) if usable else None,
+            historical_champion=historical.champion.value(self.metric) if usable else None,
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow metrics: ``<model>.<slice>.<metric>``, the intervals and the slice sizes."""
+        flat: dict[str, float] = {}
+        for name, comparison in self.slices.items():
+            flat[f"{name}.rows"] = comparison.rows
+            for model, metrics in (("challenger", comparison.challenger), ("champion", comparison.champion)):
+                if metrics is not None:
+                    flat |= {f"{model}.{name}.{key}": value for key, value in metrics.summary().items()}
+        intervals = (("challenger", self.challenger_interval), ("champion", self.champion_interval), ("gain", self.gain_interval))
+        for model, interval in intervals:
+            if interval is not None:
+                flat |= {f"{model}.newest.{self.metric}.ci_low": interval[0], f"{model}.newest.{self.metric}.ci_high": interval[1]}
+        return flat
 
 
 def split_at_watermark(history: pd.DataFrame, watermark: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,6 +171,11 @@ def assemble(
             history, int(len(train_part) * settings.replay_ratio), settings.replay_half_life_days,
             train_part["event_time"].min() if len(train_part) else None, settings.seed,
         )
+    # Forgetting is measured on what the update does not replay (a retrain replays everything:
+    # then the slice is history the challenger saw again, and the check is a sanity check).
+    not_replayed = history.drop(index=replay.index) if len(replay) < len(history) else history
+    historical = not_replayed.sample(n=min(settings.forgetting_slice_rows, len(not_replayed)), random_state=settings.seed)
+    known_items = set(history["item_id"]) | set(train_part["item_id"])
     return TrainingData(
         new=train_part.reset_index(drop=True),
         replay=replay.reset_index(drop=True),
@@ -118,6 +183,8 @@ def assemble(
         eval_users=pd.Index(pd.concat([history["user_id"], train_part["user_id"]]).unique()),
         catalog=load_catalog(settings),
         batch_ids=[b.id for b in pending],
+        historical=historical.sort_values("event_time", kind="stable").reset_index(drop=True),
+        new_items=frozenset(set(holdout["item_id"]) - known_items),
     )
 
 
@@ -219,12 +286,31 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
 
 
 def compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
-    k = settings.eval_k
-    challenger_metrics = evaluate(Recommender.load(challenger.checkpoint_path), data.holdout, data.eval_users, k)
-    champion_metrics = (
-        evaluate(Recommender.load(champion.checkpoint_path), data.holdout, data.eval_users, k) if champion else None
-    )
-    return Evaluation(challenger_metrics, champion_metrics, len(data.holdout))
+    """Both models on the same slices: the newest holdout, the historical slice and the holdout's
+    purchases of new items (cold start), with bootstrap intervals on the primary metric."""
+    k, metric = settings.eval_k, settings.primary_metric
+    models = {"challenger": Recommender.load(challenger.checkpoint_path)}
+    if champion is not None:
+        models["champion"] = Recommender.load(champion.checkpoint_path)
+    catalog_size = len(models["challenger"].items) - 1  # the challenger's items include the champion's
+    frames = {
+        "newest": data.holdout,
+        "historical": data.historical,
+        "cold_start": data.holdout[data.holdout["item_id"].isin(data.new_items)],
+    }
+    slices = {}
+    for name, frame in frames.items():
+        scored = {model: evaluate(recommender, frame, data.eval_users, k, catalog_size) for model, recommender in models.items()}
+        slices[name] = SliceComparison(name, len(frame), scored["challenger"], scored.get("champion"))
+    newest = slices["newest"]
+    ci = dict(confidence=settings.confidence_level, n_resamples=settings.bootstrap_resamples, seed=settings.seed)
+    challenger_values = newest.challenger.per_user.get(metric, np.empty(0))
+    champion_interval = gain_interval = None
+    if newest.champion is not None:
+        champion_values = newest.champion.per_user.get(metric, np.empty(0))
+        champion_interval = bootstrap_ci(champion_values, **ci)
+        gain_interval = bootstrap_ci(challenger_values - champion_values, **ci)  # same users, same order
+    return Evaluation(slices, metric, bootstrap_ci(challenger_values, **ci), champion_interval, gain_interval)
 
 
 def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
@@ -269,12 +355,29 @@ def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate_models(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
     evaluation = compare(challenger, champion, data, settings)
-    champion_text = f"{evaluation.champion.recall:.4f}" if evaluation.champion else "none"
-    get_run_logger().info(
-        "Recall@%d on %d holdout users: challenger %.4f, champion %s",
-        settings.eval_k, evaluation.challenger.users, evaluation.challenger.recall, champion_text,
-    )
+    logger = get_run_logger()
+    for line in describe_evaluation(evaluation):
+        logger.info(line)
     return evaluation
+
+
+def describe_evaluation(evaluation: Evaluation) -> list[str]:
+    """One line per slice, then the intervals: what a person reads in the flow's log."""
+    metric, k = evaluation.metric, evaluation.challenger.k
+    label = f"{metric}@{k}"
+    lines = []
+    for comparison in evaluation.slices.values():
+        champion = f"{comparison.champion.value(metric):.4f}" if comparison.champion is not None else "none"
+        lines.append(
+            f"{comparison.name} slice ({comparison.rows:,} rows, {comparison.challenger.users:,} users): "
+            f"{label} challenger {comparison.challenger.value(metric):.4f}, champion {champion}"
+        )
+    low, high = evaluation.challenger_interval
+    lines.append(f"challenger {label} on the newest slice, bootstrap interval [{low:.4f}, {high:.4f}]")
+    if evaluation.gain_interval is not None:
+        low, high = evaluation.gain_interval
+        lines.append(f"its gain over the champion (paired bootstrap over users), interval [{low:+.4f}, {high:+.4f}]")
+    return lines
 
 
 @task(name="remember-holdout", cache_policy=NO_CACHE)

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from flows.settings import Settings
-from tasks.gates import UpdateSignals, champion_age_days, decide_update, promotion_verdict
+from tasks.gates import PromotionEvidence, UpdateSignals, champion_age_days, decide_update, promotion_verdict
 
 SETTINGS = Settings(
     drift_share_threshold=0.1, decay_threshold=0.2, volume_threshold_rows=10_000, max_champion_age_days=60,
-    min_new_rows=1_000, min_recall=0.05, min_improvement=0.01,
+    min_new_rows=1_000, min_primary_metric=0.05, min_improvement=0.01,
 )
 
 
@@ -55,19 +55,62 @@ def test_champion_age_counts_days_of_data_past_the_watermark():
     assert champion_age_days(None, watermark) == 0
 
 
+def evidence(challenger, champion, hist=None, gain_ci=None, metric="recall") -> PromotionEvidence:
+    """Newest-slice values, and (challenger, champion) on the historical slice when given."""
+    return PromotionEvidence(
+        metric, 20, challenger, champion, gain_ci,
+        historical_challenger=hist[0] if hist else None, historical_champion=hist[1] if hist else None,
+    )
+
+
+# Each row: the evidence, the settings changed from GATE, whether it promotes, and the failed
+# check (None when it promotes) with a fragment of its reason.
+GATE = SETTINGS.model_copy(update={"max_forgetting": 0.02, "min_relative_improvement": 0.0})
+
+
 @pytest.mark.parametrize(
-    ("challenger", "champion", "promote", "reason_fragment"),
+    ("case", "changes", "promote", "failed", "fragment"),
     [
-        (0.04, None, False, "below the minimum"),
-        (0.05, None, True, "first champion"),
-        (0.30, 0.28, True, "+0.0200"),
-        (0.30, 0.29, False, "does not beat"),  # a gain of exactly min_improvement is not enough
-        (0.30, 0.30, False, "does not beat"),
-        (0.20, 0.30, False, "-0.1000"),
-        (0.04, 0.01, False, "below the minimum"),  # better than a broken champion is not enough
+        # value threshold
+        (evidence(0.04, None), {}, False, "value", "Recall@20 0.0400 is below the minimum 0.0500"),
+        (evidence(0.05, None), {}, True, None, "first champion"),  # the threshold itself passes
+        (evidence(0.04, 0.01), {}, False, "value", "below the minimum"),  # better than a broken champion is not enough
+        (evidence(0.04, None, metric="ndcg"), {}, False, "value", "NDCG@20 0.0400"),
+        # absolute change threshold (min_improvement 0.01)
+        (evidence(0.30, 0.28), {}, True, None, "+0.0200"),
+        (evidence(0.30, 0.29), {}, False, "change", "does not beat"),  # exactly the required gain is not enough
+        (evidence(0.30, 0.30), {}, False, "change", "+0.0000"),
+        (evidence(0.20, 0.30), {}, False, "change", "-0.1000"),
+        (evidence(0.30, 0.30), {"min_improvement": 0.0}, False, "change", "does not beat"),  # a tie never ships
+        (evidence(0.3001, 0.30), {"min_improvement": 0.0}, True, None, "beats"),
+        # relative change threshold: +0.02 on 0.28 is +7.1%
+        (evidence(0.30, 0.28), {"min_relative_improvement": 0.05}, True, None, "+7.1%"),
+        (evidence(0.30, 0.28), {"min_relative_improvement": 0.10}, False, "change", "+10.0%"),
+        (evidence(0.06, 0.0), {"min_relative_improvement": 0.5}, True, None, "+inf%"),  # anything beats a zero champion
+        # forgetting tolerance on the historical slice (0.02)
+        (evidence(0.30, 0.28, hist=(0.39, 0.40)), {}, True, None, "forgot +0.0100"),
+        (evidence(0.30, 0.28, hist=(0.38, 0.40)), {}, True, None, "within the tolerance"),  # exactly the tolerance
+        (evidence(0.30, 0.28, hist=(0.37, 0.40)), {}, False, "forgetting", "(forgot +0.0300), beyond the tolerance of 0.0200"),
+        (evidence(0.30, 0.28, hist=(0.45, 0.40)), {}, True, None, "forgot -0.0500"),  # it learned, not forgot
+        # significance, only when asked for
+        (evidence(0.30, 0.28, gain_ci=(-0.01, 0.05)), {}, True, None, "beats"),
+        (evidence(0.30, 0.28, gain_ci=(-0.01, 0.05)), {"require_significant_gain": True}, False, "significance", "not above zero"),
+        (evidence(0.30, 0.28, gain_ci=(0.005, 0.05)), {"require_significant_gain": True}, True, None, "is above zero"),
+        (evidence(0.30, 0.28), {"require_significant_gain": True}, False, "significance", "no interval"),
+        # every failing check is reported, not only the first
+        (evidence(0.04, 0.05, hist=(0.1, 0.4)), {}, False, "forgetting", "forgot +0.3000"),
     ],
 )
-def test_promotion_verdict(challenger, champion, promote, reason_fragment):
-    verdict = promotion_verdict(challenger, champion, SETTINGS)
-    assert verdict.promote is promote
-    assert any(reason_fragment in reason for reason in verdict.reasons), verdict.reasons
+def test_promotion_gate(case, changes, promote, failed, fragment):
+    verdict = promotion_verdict(case, GATE.model_copy(update=changes))
+    assert verdict.promote is promote, verdict.reasons
+    assert any(fragment in reason for reason in verdict.reasons), verdict.reasons
+    failed_checks = [c.name for c in verdict.checks if not c.passed]
+    assert (failed in failed_checks) if failed else failed_checks == []
+    assert len(verdict.reasons) == len(verdict.checks)  # passing checks are reported too
+
+
+def test_a_promotion_reports_every_check_it_passed():
+    verdict = promotion_verdict(evidence(0.30, 0.28, hist=(0.40, 0.40), gain_ci=(0.01, 0.03)), GATE.model_copy(update={"require_significant_gain": True}))
+    assert verdict.promote
+    assert [c.name for c in verdict.checks] == ["value", "change", "forgetting", "significance"]

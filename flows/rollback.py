@@ -1,0 +1,22 @@
+"""The rollback flow: move the champion back to the version it replaced, and record why."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from flows.settings import Settings
+from tasks.registry import roll_back_champion
+
+
+@flow(name="rollback")
+def rollback(reason: str, to_version: str | None = None, settings: Settings | None = None) -> State:
+    """Move @champion back to the version the current champion replaced, or to ``to_version``.
+    The move, its time and ``reason`` are appended to the ledger (`python -m flows history`)."""
+    settings = settings or Settings()  # resolved at run time, like the other flows
+    move = roll_back_champion(settings, reason, to_version)
+    message = (
+        f"{settings.registered_model_name}@{settings.champion_alias} rolled back from version {move.from_version} "
+        f"to version {move.to_version}: {reason}"
+    )
+    return Completed(message=message, data=move)
