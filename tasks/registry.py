@@ -263,21 +263,20 @@ def rollback(settings: Settings, reason: str, to_version: str | None = None, flo
     current = champion_version(client, settings)
     if current is None:
         raise RollbackError(f"{name} has no @{alias}: nothing to roll back")
-    current = str(current.version)
-    target = str(to_version) if to_version is not None else previous_champion(engine, client, settings, current)
+    # The ledger decides who moves the alias: the move starts from the last recorded champion,
+    # whatever the registry says, so a rollback also repairs an alias moved by hand outside freshrec.
+    last = ledger.latest_move(engine, name, alias)
+    recorded = last.to_version if last else str(current.version)
+    target = str(to_version) if to_version is not None else previous_champion(engine, client, settings, recorded)
     if target is None:
-        raise RollbackError(f"version {current} replaced no earlier champion on record; name a version to roll back to")
-    if target == current:
+        raise RollbackError(f"version {recorded} replaced no earlier champion on record; name a version to roll back to")
+    if target == recorded == str(current.version):
         raise RollbackError(f"version {target} is already @{alias}")
     try:
         target_version = client.get_model_version(name, target)
     except MlflowException as error:
         raise RollbackError(f"{name} has no version {target}") from error
-    # The ledger decides who moves the alias: expect the last recorded move, whatever the registry
-    # says, so an operator can also repair an alias moved by hand outside freshrec.
-    last = ledger.latest_move(engine, name, alias)
-    expected = last.to_version if last else current
-    move = ledger.claim_move(engine, name, alias, expected, target, "rollback", reason, target_version.run_id, flow_run_id)
+    move = ledger.claim_move(engine, name, alias, recorded, target, "rollback", reason, target_version.run_id, flow_run_id)
     if move is None:
         raise RollbackError("the champion moved while rolling back; see `python -m flows history` and try again")
     try:
@@ -290,7 +289,8 @@ def rollback(settings: Settings, reason: str, to_version: str | None = None, flo
     except Exception:
         ledger.release_move(engine, move.id)
         raise
-    client.set_model_version_tag(name, current, "freshrec.rolled_back", json.dumps({"at": move.moved_at.isoformat(), "to": target, "reason": reason}))
+    if recorded != target:
+        client.set_model_version_tag(name, recorded, "freshrec.rolled_back", json.dumps({"at": move.moved_at.isoformat(), "to": target, "reason": reason}))
     return move
 
 

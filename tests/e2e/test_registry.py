@@ -1,0 +1,250 @@
+"""The promotion path against a real MLflow store: two challengers racing for one champion, the
+audit trail, rollback, lineage, and the champion served over HTTP by `mlflow models serve`.
+
+Risks guarded: two runs both promoting (a lost update), an alias move nobody can explain or undo,
+a registered version that cannot be traced to its data, a model that loads in Python but not in
+the server users deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from data_checks.sources.synthetic import write_weeks
+from flows.bootstrap import bootstrap
+from flows.rollback import rollback
+from flows.validate_landing import validate_landing
+from tasks import ledger
+from tasks.gates import promotion_verdict
+from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
+from tasks.tracking import fetch_champion
+from tasks.training import assemble, compare, fit, remember_holdout
+from tests.conftest import TINY_SHOP
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bootstrapped(settings):
+    """A champion (version 1) trained on weeks 0-1, and weeks 2-3 landed and validated."""
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    state = bootstrap(settings, return_state=True)
+    assert state.is_completed(), state.message
+    write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
+    validate_landing(settings)
+    return fetch_champion(settings)
+
+
+def challenger_run(settings, champion, seed: int):
+    """Train, evaluate and log one challenger against ``champion``, as the flow's tasks do."""
+    settings = settings.model_copy(update={"seed": seed})
+    data = assemble(settings, champion)
+    trained = fit(data, champion, settings)
+    evaluation = compare(trained, champion, data, settings)
+    trained = remember_holdout(trained, data)
+    verdict = promotion_verdict(evaluation.evidence(), settings)
+    run_id, model_uri = log_run(settings, f"challenger seed {seed}", data, trained, evaluation, verdict, champion, None, None)
+    tags = version_tags(run_id, data, evaluation, verdict, champion.version if champion else None)
+    return run_id, model_uri, data, tags
+
+
+def _race(barrier, results, settings, run_id, model_uri, champion, tags, batch_ids):
+    barrier.wait(timeout=120)  # both processes call register at the same moment
+    registration = register(settings, run_id, model_uri, champion, tags, batch_ids)
+    results.put((run_id, registration.version, registration.reason))
+
+
+def test_two_challengers_against_one_champion_promote_once(settings, prefect_server):
+    champion = bootstrapped(settings)
+    assert champion.version == "1"
+    runs = [challenger_run(settings, champion, seed) for seed in (1, 2)]
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared client state
+    barrier, results = context.Barrier(2), context.Queue()
+    racers = [
+        context.Process(target=_race, args=(barrier, results, settings, run_id, uri, champion, tags, data.batch_ids))
+        for run_id, uri, data, tags in runs
+    ]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=300) for _ in racers]
+    for racer in racers:
+        racer.join(timeout=60)
+        assert racer.exitcode == 0
+
+    winners = [o for o in outcomes if o[1] is not None]
+    losers = [o for o in outcomes if o[1] is None]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    (winner_run, winner_version, _), (loser_run, _, loser_reason) = winners[0], losers[0]
+    assert "version 1" in loser_reason
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+    assert str(client.get_model_version_by_alias(name, "champion").version) == winner_version == "2"
+    assert str(client.get_model_version_by_alias(name, PREVIOUS_ALIAS).version) == "1"
+    # The registry lists champions only: the loser's version is gone, its run says why.
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")) == ["1", "2"]
+    assert client.get_run(loser_run).data.tags["freshrec.promotion"].startswith("not promoted: ")
+    assert client.get_run(winner_run).data.tags["freshrec.promotion"] == "promoted to version 2"
+
+    # The ledger agrees: one move per promotion, and the winner consumed the batches.
+    engine = ledger.connect(settings.ledger_url)
+    moves = ledger.moves(engine, name)
+    assert [(m.seq, m.action, m.from_version, m.to_version) for m in moves] == [(1, "promote", None, "1"), (2, "promote", "1", "2")]
+    assert moves[1].mlflow_run_id == winner_run
+    assert {b.file_name: b.consumed_by_version for b in ledger.all_batches(engine) if b.kind == "interactions"} == {
+        "interactions-week000.csv": "1", "interactions-week001.csv": "1", "interactions-week002.csv": "2", "interactions-week003.csv": "2",
+    }
+
+    # The version can be traced to its data: tags on the version, dataset inputs on its run.
+    version = client.get_model_version(name, "2")
+    assert version.tags["freshrec.parent_version"] == "1"
+    assert version.tags["freshrec.batches"] == ",".join(map(str, runs[0][2].batch_ids))
+    assert json.loads(version.tags["freshrec.data_range"])["trained_until"]
+    assert "challenger.newest.recall" in json.loads(version.tags["freshrec.metrics"])
+    assert version.tags["freshrec.verdict"] in ("promote", "reject")
+    inputs = client.get_run(winner_run).inputs.dataset_inputs
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
+    assert contexts == {f"{name}-training": "training", f"{name}-holdout": "evaluation", f"{name}-historical": "evaluation"}
+    assert all(i.dataset.digest and "accepted" in i.dataset.source for i in inputs)
+
+    # Every slice was scored for both models, with an interval on the primary metric.
+    metrics = client.get_run(winner_run).data.metrics
+    for slice_name in ("newest", "historical", "cold_start"):
+        assert f"challenger.{slice_name}.recall" in metrics and f"champion.{slice_name}.recall" in metrics
+    assert metrics["historical.rows"] > 0 and metrics["cold_start.rows"] >= 0
+    assert metrics["gain.newest.recall.ci_low"] <= metrics["gain.newest.recall.ci_high"]
+
+
+def test_rollback_moves_the_champion_back_and_the_trail_says_why(settings, prefect_server):
+    champion = bootstrapped(settings)
+    run_id, uri, data, tags = challenger_run(settings, champion, seed=1)
+    assert register(settings, run_id, uri, champion, tags, data.batch_ids).version == "2"
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+
+    state = rollback("week 3 recommendations look wrong", settings=settings, return_state=True)
+    assert state.is_completed(), state.message
+    assert "from version 2 to version 1" in state.message
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert PREVIOUS_ALIAS not in client.get_registered_model(name).aliases  # version 1 replaced nothing
+    assert json.loads(client.get_model_version(name, "2").tags["freshrec.rolled_back"])["reason"] == "week 3 recommendations look wrong"
+
+    # Nothing earlier to go back to: a clear error, and nothing moved.
+    state = rollback("again", settings=settings, return_state=True)
+    assert state.is_failed() and "replaced no earlier champion" in state.message
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+    # A challenger compared with version 2 before the rollback does not promote over version 1.
+    stale = register(settings, run_id, uri, champion.__class__(**{**champion.__dict__, "version": "2"}), tags, data.batch_ids)
+    assert stale.version is None and "moved from version 2 to 1" in stale.reason
+
+    # Forward again by name, from the command line, then the history.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env["FRESHREC_HOME"] = str(settings.home)
+    from prefect.settings import PREFECT_API_URL
+
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flows", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    forward = cli("rollback", "--to", "2", "--reason", "fixed upstream: version 2 was right")
+    assert forward.returncode == 0, forward.stderr[-2000:]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(name, PREVIOUS_ALIAS).version) == "1"
+    history = cli("history")
+    assert history.returncode == 0, history.stderr[-2000:]
+    lines = history.stdout.splitlines()
+    assert lines[0].split()[:6] == ["#", "when", "(UTC)", "alias", "action", "from"]
+    assert [line.split()[4:7] for line in lines[2:]] == [
+        ["promote", "-", "1"], ["promote", "1", "2"], ["rollback", "2", "1"], ["rollback", "1", "2"],
+    ]
+    assert "week 3 recommendations look wrong" in history.stdout
+    as_json = [json.loads(line) for line in cli("history", "--json").stdout.splitlines()]
+    assert [m["seq"] for m in as_json] == [1, 2, 3, 4] and all(m["moved_at"] for m in as_json)
+
+    # An alias moved by hand outside freshrec is flagged, and a recorded move repairs it.
+    client.set_registered_model_alias(name, "champion", "1")
+    flagged = cli("history")
+    assert flagged.returncode == 1 and "moved outside freshrec" in flagged.stderr
+    assert cli("rollback", "--to", "1", "--reason", "record the manual move").returncode == 0
+    assert cli("history").returncode == 0
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """End a server started with start_new_session and every child it spawned (its workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:  # already gone
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_champion_serves_over_http_with_mlflow_models_serve(settings, prefect_server):
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    assert bootstrap(settings, return_state=True).is_completed()
+    known_user = str(__import__("pandas").read_parquet(settings.accepted_dir / "interactions-week000.parquet")["user_id"].iloc[0])
+
+    port = _free_port()
+    # The server execs `uvicorn` from PATH: the environment's bin directory must be on it, as in
+    # an activated virtualenv.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "PATH": path}
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{settings.registered_model_name}@champion",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    log = open(settings.home / "serve.log", "w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (settings.home / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+            time.sleep(1)
+        body = {"dataframe_split": {"columns": ["user_id", "k"], "data": [[known_user, 5], ["never-seen-visitor", 3]]}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        stop_group(server)
+        log.close()
+
+    by_user: dict[str, list[dict]] = {}
+    for row in predictions:
+        by_user.setdefault(row["user_id"], []).append(row)
+    assert {user: len(rows) for user, rows in by_user.items()} == {known_user: 5, "never-seen-visitor": 3}
+    for rows in by_user.values():
+        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+        scores = [r["score"] for r in rows]
+        assert scores == sorted(scores, reverse=True) and all(r["item_id"] for r in rows)
