@@ -19,8 +19,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
-from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from data_checks.drift import DriftResult, reference_sample
 from flows.settings import Settings
@@ -198,16 +198,18 @@ def register(
     flow_run_id: str | None = None,
 ) -> Registration:
     """Register the model and move the champion alias to it, only if the champion is still the
-    version this challenger was compared with. The move is claimed in the ledger first (a unique
-    sequence number per alias), so of two runs that compared with the same champion exactly one
-    promotes; the other's version is removed again and its run says why."""
+    version this challenger was compared with. After registering, the move is claimed in the
+    ledger (a unique sequence number per alias) before the alias moves, so of two runs that
+    compared with the same champion exactly one promotes; the other's version is removed again
+    and its run says why."""
     client, _ = mlflow_client(settings)
     engine = ledger.connect(settings.ledger_url)
     name, alias = settings.registered_model_name, settings.champion_alias
     compared = champion.version if champion else None
     current = champion_version(client, settings)
     if (str(current.version) if current else None) != compared:
-        return _not_promoted(client, run_id, f"the champion moved from version {compared} to {current.version if current else None} while this challenger trained")
+        moved_to = current.version if current else "none"
+        return _not_promoted(client, run_id, f"@{alias} moved from version {compared or 'none'} to {moved_to} while this challenger trained")
     version = mlflow.register_model(model_uri, name, tags=tags).version
     reason = json.loads(tags["freshrec.verdict_reasons"])
     move = ledger.claim_move(engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id)

@@ -172,9 +172,14 @@ def assemble(
             train_part["event_time"].min() if len(train_part) else None, settings.seed,
         )
     # Forgetting is measured on what the update does not replay (a retrain replays everything:
-    # then the slice is history the challenger saw again, and the check is a sanity check).
+    # then the slice is history the challenger saw again, and the check is a sanity check),
+    # drawn with the replay's recency weighting: the recent past users still act on, not the
+    # oldest rows that replay left behind.
     not_replayed = history.drop(index=replay.index) if len(replay) < len(history) else history
-    historical = not_replayed.sample(n=min(settings.forgetting_slice_rows, len(not_replayed)), random_state=settings.seed)
+    historical = replay_sample(
+        not_replayed, settings.forgetting_slice_rows, settings.replay_half_life_days,
+        train_part["event_time"].min() if len(train_part) else None, settings.seed,
+    )
     known_items = set(history["item_id"]) | set(train_part["item_id"])
     return TrainingData(
         new=train_part.reset_index(drop=True),
@@ -367,6 +372,9 @@ def describe_evaluation(evaluation: Evaluation) -> list[str]:
     label = f"{metric}@{k}"
     lines = []
     for comparison in evaluation.slices.values():
+        if comparison.challenger.users == 0:
+            lines.append(f"{comparison.name} slice: no user to score ({comparison.rows:,} rows)")
+            continue
         champion = f"{comparison.champion.value(metric):.4f}" if comparison.champion is not None else "none"
         lines.append(
             f"{comparison.name} slice ({comparison.rows:,} rows, {comparison.challenger.users:,} users): "

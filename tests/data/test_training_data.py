@@ -71,3 +71,30 @@ def test_a_full_retrain_replays_all_history(settings):
     land(settings, range(2, 3))
     update = assemble(settings.model_copy(update={"init_from": "scratch"}), champion)
     assert len(update.replay) == len(first.new)  # every row up to the champion's watermark
+
+
+def test_the_forgetting_and_cold_start_slices(settings):
+    settings = settings.model_copy(update={"replay_ratio": 0.5, "forgetting_slice_rows": 800})
+    land(settings, range(0, 2))
+    first = assemble(settings, None)
+    engine = ledger.connect(settings.ledger_url)
+    ledger.mark_consumed(engine, first.batch_ids, "1")
+    watermark = first.new["event_time"].max()
+    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
+    write_weeks(settings.landing_dir, range(2, 3), drift_from_week=2, config=TINY_SHOP)  # new items appear
+    for f in find_new_files(settings):
+        validate_file(f, settings)
+
+    # Hold out most of the drifted week, so some new items are first bought inside the holdout.
+    update = assemble(settings.model_copy(update={"holdout_fraction": 0.8}), champion)
+    key = ["user_id", "item_id", "event_time"]
+    history = first.new  # what the champion trained on: the part of the history before its watermark
+    # Historical: earlier rows, none of them replayed, at most forgetting_slice_rows.
+    assert len(update.historical) == 800
+    assert (update.historical["event_time"] <= watermark).all()
+    assert update.historical.merge(update.replay, on=key).empty
+    assert len(update.historical.merge(history, on=key)) >= 800  # all from history (duplicate keys may repeat)
+    # Cold start: holdout items nobody bought before the holdout, and only those.
+    bought_before = set(history["item_id"]) | set(first.holdout["item_id"]) | set(update.new["item_id"])
+    assert update.new_items == set(update.holdout["item_id"]) - bought_before
+    assert update.new_items  # the drifted week's new items

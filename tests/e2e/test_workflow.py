@@ -56,7 +56,10 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     assert week3.status == "partially_accepted" and week3.rows_quarantined > 0
     assert week3.update and any("new rows" in r for r in week3.reasons)
     assert week3.challenger_recall is not None and week3.champion_recall is not None
-    assert week3.promoted == (week3.challenger_recall > week3.champion_recall)
+    # Promoted iff it beat the champion on the newest slice and did not forget the historical one.
+    forgot = any("beyond the tolerance" in r for r in week3.reasons)
+    assert week3.promoted == (week3.challenger_recall > week3.champion_recall and not forgot)
+    assert any(r.startswith("historical slice: challenger Recall@20") for r in week3.reasons)
 
     # Run 2: a broken file does not stop the line; drift (new items, popularity and price
     # shift) in the next week triggers an update on its own.
