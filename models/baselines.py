@@ -138,11 +138,11 @@ class ALS:
         confidence = sp.csr_matrix(
             (1.0 + self.alpha * counts.to_numpy(dtype=np.float32), (rows, cols)), shape=self.data.matrix.shape, dtype=np.float32
         )
-        self.model = AlternatingLeastSquares(
-            factors=self.factors, iterations=self.iterations, regularization=self.regularization,
-            random_state=self.seed, calculate_training_loss=False,
-        )
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; a BLAS pool on top thrashes
+            self.model = AlternatingLeastSquares(
+                factors=self.factors, iterations=self.iterations, regularization=self.regularization,
+                random_state=self.seed, calculate_training_loss=False,
+            )
             self.model.fit(confidence, show_progress=False)
         self.popular = RecentPopularity().fit(history, cutoff)
         return self
