@@ -1,4 +1,4 @@
-"""Command line: python -m flows {generate,bootstrap,run,history,rollback,ledger,demo} [--help]."""
+"""Command line: python -m flows {generate,bootstrap,run,history,rollback,backtest,ledger,demo} [--help]."""
 
 from __future__ import annotations
 
@@ -110,6 +110,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from flows.rollback import rollback
 
     state = rollback(reason=args.reason, to_version=args.to, settings=_settings(), return_state=True)
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
+    print(state.message)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from flows.backtest import backtest
+
+    state = backtest(
+        source=args.source, period=args.period, data_path=args.data, policies=args.policy or None,
+        include_peers=not args.no_peers, include_als=not args.no_als, out=args.out, synthetic_weeks=args.weeks,
+        settings=_settings(), return_state=True,
+    )
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         return 1
@@ -229,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--reason", required=True, help="why: kept in the audit trail (python -m flows history)")
     back.add_argument("--to", default=None, help="roll back to this version instead of the one the champion replaced")
     back.set_defaults(func=cmd_rollback)
+
+    bt = sub.add_parser("backtest", help="replay history through every update policy and the peers; write the report")
+    bt.add_argument("--source", choices=("online-retail", "synthetic"), default="online-retail")
+    bt.add_argument("--period", choices=("month", "week"), default="month", help="one batch per period (online-retail)")
+    bt.add_argument("--data", default=None, help="the Online Retail file (default: ../shared/data/online_retail.csv.gz)")
+    bt.add_argument("--policy", action="append", choices=("never", "retrain", "incremental", "triggered"), help="only these policies (repeatable; default all)")
+    bt.add_argument("--no-peers", action="store_true", help="leave the peers out")
+    bt.add_argument("--no-als", action="store_true", help="leave ALS out (it needs the dev dependency `implicit`)")
+    bt.add_argument("--weeks", type=int, default=8, help="synthetic weeks, the first two for the bootstrap (default 8)")
+    bt.add_argument("--out", default=None, help="report path (default: <home>/backtest/<source>/report.json; a .png beside it)")
+    bt.set_defaults(func=cmd_backtest)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,125 @@
+"""The backtest flow: does the update policy pay? History replayed through the real pipeline.
+
+    python -m flows backtest --source online-retail --period month
+    python -m flows backtest --source synthetic
+
+Every policy (never update, retrain from scratch every period, incremental every period,
+triggered incremental) and every peer (recent popularity, repeat purchase, item-kNN, ALS) is
+scored prequentially on each test period; the report (JSON and a plot) is written and logged to
+MLflow. See tasks/backtest.py for the protocol.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from data_checks.sources.synthetic import ShopConfig, write_weeks
+from flows.settings import Settings
+from tasks import backtest as bt
+
+ONLINE_RETAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
+ONLINE_RETAIL_BOOTSTRAP = ["2010-12"]
+ONLINE_RETAIL_TESTS = [f"2011-{m:02d}" for m in range(1, 12)]  # December 2011 is a partial month
+
+
+def online_retail_periods(data_path: Path, work: Path, period: str) -> tuple[list[bt.Period], list[bt.Period]]:
+    """Bootstrap on December 2010, test months 2011-01 to 2011-11 (weeks: the weeks inside them)."""
+    from data_checks.sources.online_retail import write_landing
+
+    if not data_path.exists():
+        raise FileNotFoundError(f"{data_path} not found: pass the UCI Online Retail file (see ../shared/data/README.md)")
+    source = work / "source"
+    written = write_landing(data_path, source, period)
+    catalog = next(p for p in written if p.name.startswith("catalog-"))
+    by_label = {re.sub(r"^interactions-online-retail-(.+)\.csv$", r"\1", p.name): p for p in written if p != catalog}
+    if period == "month":
+        boot_labels, test_labels = ONLINE_RETAIL_BOOTSTRAP, ONLINE_RETAIL_TESTS
+    else:  # ISO weeks: the ones that start in the bootstrap month, then those up to the end of November 2011
+        labels = sorted(by_label)
+        boot_labels = [label for label in labels if label < "2011-W01"]
+        test_labels = [label for label in labels if "2011-W01" <= label <= "2011-W48"]
+    bootstrap = [bt.Period(label, (catalog, by_label[label])) for label in boot_labels]
+    tests = [bt.Period(label, (by_label[label],)) for label in test_labels]
+    return bootstrap, tests
+
+
+def synthetic_periods(work: Path, weeks: int, bootstrap_weeks: int, drift_from_week: int | None, shop: ShopConfig, seed: int) -> tuple[list[bt.Period], list[bt.Period]]:
+    written = write_weeks(work / "source", range(weeks), seed=seed, drift_from_week=drift_from_week, config=shop)
+    periods = []
+    for week in range(weeks):
+        files = tuple(sorted((p for p in written if p.stem.endswith(f"week{week:03d}")), key=lambda p: not p.name.startswith("catalog-")))
+        periods.append(bt.Period(f"week{week:03d}", files))
+    return periods[:bootstrap_weeks], periods[bootstrap_weeks:]
+
+
+@task(name="run-policy", cache_policy=NO_CACHE)
+def run_policy(policy: str, settings: Settings, work: Path, bootstrap: list[bt.Period], tests: list[bt.Period]):
+    logger = get_run_logger()
+
+    def on_period(track: bt.Track, period: bt.Period) -> None:
+        logger.info(
+            "%s %s: champion v%s Recall@20 %.4f on %d users; %d updates so far, %.1f s training",
+            track.name, period.label, track.versions[period.label], track.recall[period.label],
+            track.users[period.label], track.updates, track.train_seconds,
+        )
+
+    return bt.run_policy(policy, settings, work, bootstrap, tests, on_period)
+
+
+@task(name="run-peers", cache_policy=NO_CACHE)
+def run_peers(accepted, bootstrap, tests, include_als: bool) -> list[bt.Track]:
+    return bt.run_peers(accepted, bootstrap, tests, include_als)
+
+
+@flow(name="backtest")
+def backtest(
+    source: Literal["online-retail", "synthetic"] = "online-retail",
+    period: Literal["month", "week"] = "month",
+    data_path: str | None = None,
+    policies: list[Literal["never", "retrain", "incremental", "triggered"]] | None = None,
+    include_peers: bool = True,
+    include_als: bool = True,
+    out: str | None = None,
+    synthetic_weeks: int = 8,
+    synthetic_bootstrap_weeks: int = 2,
+    synthetic_drift_from_week: int | None = 5,
+    synthetic_shop: ShopConfig | None = None,
+    settings: Settings | None = None,
+) -> State:
+    """Replay ``source`` period by period through every policy, score the peers the same way,
+    and write the report to ``out`` (default: <home>/backtest/<source>/report.json)."""
+    settings = settings or Settings()
+    logger = get_run_logger()
+    started = time.perf_counter()
+    work = settings.home / "backtest" / source
+    if source == "online-retail":
+        bootstrap, tests = online_retail_periods(Path(data_path) if data_path else ONLINE_RETAIL, work, period)
+    else:
+        bootstrap, tests = synthetic_periods(
+            work, synthetic_weeks, synthetic_bootstrap_weeks, synthetic_drift_from_week, synthetic_shop or ShopConfig(), settings.seed
+        )
+    logger.info("%s: bootstrap on %s, %d test periods (%s to %s)", source, ", ".join(p.label for p in bootstrap), len(tests), tests[0].label, tests[-1].label)
+
+    tracks, accepted = [], None
+    for policy in policies or list(bt.POLICIES):
+        track, rows = run_policy(policy, settings, work, bootstrap, tests)
+        tracks.append(track)
+        accepted = accepted or rows
+    if include_peers:
+        tracks += run_peers(accepted, bootstrap, tests, include_als)
+
+    result = bt.report(source, period, bootstrap, tests, tracks, time.perf_counter() - started)
+    files = bt.write_report(result, Path(out) if out else work / "report.json")
+    result["mlflow_run_id"] = bt.log_report(settings, result, files)
+    table = bt.format_report(result)
+    create_markdown_artifact(key="freshrec-backtest", markdown=f"# Backtest on {source}\n\n```\n{table}\n```\n\n{bt.PROTOCOL}\n", description=table.splitlines()[-1])
+    logger.info("report: %s and %s\n%s", files[0], files[1], table)
+    return Completed(message=table, data=result)

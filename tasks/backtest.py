@@ -1,0 +1,311 @@
+"""The backtest: history replayed period by period through the real pipeline, prequentially.
+
+Each update policy gets its own freshrec home (landing area, ledger, MLflow store). Before a
+period's data is used for anything but validation, the policy's current champion is scored on
+it; then the continuous-training flow decides, trains and gates as it does in production. The
+peers are refitted on the same accepted data before each period and scored the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+
+from flows.settings import Settings
+from models.baselines import ALS, ItemKNN, RecentPopularity, RepeatPurchase
+from models.evaluate import evaluate, hit_matrix, relevant_sets
+from models.metrics import ndcg_at_k, recall_at_k
+from models.train import Recommender
+from tasks.tracking import fetch_champion
+
+logger = logging.getLogger(__name__)
+
+POLICIES = {
+    "never": "never update (after bootstrap)",
+    "retrain": "full retrain from scratch every period",
+    "incremental": "incremental update every period",
+    "triggered": "triggered incremental update (default thresholds)",
+}
+K = 20
+DERIVED = ("landing_dir", "accepted_dir", "quarantine_dir", "reports_dir", "checkpoints_dir", "mlflow_artifacts_dir")
+
+
+@dataclass(frozen=True)
+class Period:
+    label: str  # "2011-01", "week003"
+    files: tuple[Path, ...]  # landing files: the period's interactions (and a catalog, if any)
+
+
+@dataclass
+class Track:
+    """One policy's or one peer's results, period by period."""
+
+    name: str
+    description: str
+    recall: dict[str, float] = field(default_factory=dict)
+    ndcg: dict[str, float] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
+    updates: int = 0  # promotions after the bootstrap
+    decided_updates: int = 0  # batches the decision sent to training
+    train_seconds: float = 0.0  # training wall time after the bootstrap (the flows' own clock)
+    bootstrap_seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)  # champion version that served each period
+
+    def summary(self) -> dict:
+        return {
+            "description": self.description,
+            "mean_recall_at_20": float(np.mean(list(self.recall.values()))) if self.recall else None,
+            "mean_ndcg_at_20": float(np.mean(list(self.ndcg.values()))) if self.ndcg else None,
+            "recall_at_20": self.recall,
+            "ndcg_at_20": self.ndcg,
+            "users": self.users,
+            "updates": self.updates,
+            "decided_updates": self.decided_updates,
+            "train_seconds": round(self.train_seconds, 2),
+            "bootstrap_seconds": round(self.bootstrap_seconds, 2),
+            "champion_versions": self.versions,
+        }
+
+
+def policy_settings(base: Settings, policy: str, home: Path) -> Settings:
+    """``base`` with its own state under ``home`` and the policy's update rule."""
+    values = base.model_dump(exclude={*DERIVED, "home", "ledger_url", "mlflow_tracking_uri"})
+    values |= {
+        "home": home,
+        "ledger_url": f"sqlite:///{(home / 'ledger.db').resolve()}",
+        "mlflow_tracking_uri": f"sqlite:///{(home / 'mlflow.db').resolve()}",
+    }
+    if policy in ("retrain", "incremental"):
+        values["volume_threshold_rows"] = 1  # every period with enough rows is an update
+        values["init_from"] = "scratch" if policy == "retrain" else "champion"
+    return Settings(**values)
+
+
+def land(period: Period, settings: Settings) -> None:
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    for path in period.files:
+        shutil.copyfile(path, settings.landing_dir / path.name)
+
+
+def purchases(frame: pd.DataFrame) -> pd.DataFrame:
+    """The protocol's interactions: distinct (customer, item, order) purchases."""
+    return frame.drop_duplicates(["user_id", "item_id", "order_id"])
+
+
+def score_lists(ranked: np.ndarray, relevant: pd.Series, k: int = K) -> tuple[float, float]:
+    """Mean Recall@k and NDCG@k of ranked lists (rows in ``relevant``'s order)."""
+    if relevant.empty:
+        return float("nan"), float("nan")
+    hits = hit_matrix(ranked, relevant)
+    n_relevant = relevant.map(len).to_numpy()
+    return float(recall_at_k(hits, n_relevant, k).mean()), float(ndcg_at_k(hits, n_relevant, k).mean())
+
+
+def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period], tests: list[Period], on_period=None) -> tuple[Track, dict[str, pd.DataFrame]]:
+    """Bootstrap, then for each test period: land, validate, score the champion, and (unless
+    the policy never updates) run continuous training. Returns the track and the accepted rows
+    of every period (what the peers train on)."""
+    from flows.bootstrap import bootstrap as bootstrap_flow
+    from flows.continuous_training import continuous_training
+    from flows.validate_landing import validate_landing
+
+    home = work / policy
+    if home.exists():
+        shutil.rmtree(home)  # a backtest starts from nothing: no state of an earlier one leaks in
+    settings = policy_settings(base, policy, home)
+    track = Track(policy, POLICIES[policy])
+    accepted: dict[str, pd.DataFrame] = {}
+    for period in bootstrap:
+        land(period, settings)
+    state = bootstrap_flow(settings, return_state=True)
+    if not state.is_completed():
+        raise RuntimeError(f"{policy}: the bootstrap failed: {state.message}")
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    for outcome in state.result():
+        if outcome.mlflow_run_id:
+            track.bootstrap_seconds += client.get_run(outcome.mlflow_run_id).data.metrics.get("train_seconds", 0.0)
+    for period in bootstrap:
+        accepted[period.label] = _accepted_rows(settings, period)
+    seen_users = pd.Index(pd.concat(accepted.values())["user_id"].unique())
+
+    for period in tests:
+        land(period, settings)
+        validate_landing(settings)
+        rows = _accepted_rows(settings, period)
+        accepted[period.label] = rows
+        champion = fetch_champion(settings)
+        model = Recommender.load(champion.checkpoint_path)
+        scored = evaluate(model, purchases(rows), seen_users, K)
+        track.recall[period.label], track.ndcg[period.label], track.users[period.label] = scored.recall, scored.ndcg, scored.users
+        track.versions[period.label] = champion.version
+        if policy != "never":
+            state = continuous_training(settings, return_state=True)
+            if not state.is_completed():
+                raise RuntimeError(f"{policy} {period.label}: continuous training failed: {state.message}")
+            for outcome in state.result():
+                track.decided_updates += bool(outcome.update)
+                track.updates += bool(outcome.promoted)
+                if outcome.mlflow_run_id:
+                    track.train_seconds += client.get_run(outcome.mlflow_run_id).data.metrics.get("train_seconds", 0.0)
+        seen_users = seen_users.union(pd.Index(rows["user_id"].unique()))
+        if on_period is not None:
+            on_period(track, period)
+    return track, accepted
+
+
+def _accepted_rows(settings: Settings, period: Period) -> pd.DataFrame:
+    from tasks import ledger
+
+    names = {p.name for p in period.files}
+    batches = [
+        b for b in ledger.all_batches(ledger.connect(settings.ledger_url))
+        if b.file_name in names and b.kind == "interactions" and b.accepted_path
+    ]
+    frames = [pd.read_parquet(b.accepted_path) for b in batches]
+    if not frames:
+        raise RuntimeError(f"period {period.label}: no accepted interactions (see the ledger in {settings.home})")
+    return pd.concat(frames, ignore_index=True)
+
+
+def peers(include_als: bool = True) -> list:
+    chosen = [RecentPopularity(), RepeatPurchase(), ItemKNN()]
+    if include_als:
+        chosen.append(ALS())
+    return chosen
+
+
+def run_peers(accepted: dict[str, pd.DataFrame], bootstrap: list[Period], tests: list[Period], include_als: bool = True) -> list[Track]:
+    """Each peer refitted before every test period on all accepted purchases before it."""
+    tracks = []
+    for peer in peers(include_als):
+        track = Track(peer.name, peer.name)
+        history = [purchases(accepted[p.label]) for p in bootstrap]
+        for period in tests:
+            before = pd.concat(history, ignore_index=True)
+            relevant = relevant_sets(purchases(accepted[period.label]), pd.Index(before["user_id"].unique()))
+            started = time.perf_counter()
+            peer.fit(before, accepted[period.label]["event_time"].min())
+            track.train_seconds += time.perf_counter() - started
+            recall, ndcg = score_lists(peer.recommend(relevant.index, K), relevant)
+            track.recall[period.label], track.ndcg[period.label], track.users[period.label] = recall, ndcg, len(relevant)
+            history.append(purchases(accepted[period.label]))
+        tracks.append(track)
+        logger.info("peer %s: mean Recall@20 %.4f", peer.name, np.mean(list(track.recall.values())))
+    return tracks
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+PROTOCOL = (
+    "Prequential: before a period's data is used for training, each policy's current champion is scored on it. "
+    "Interactions are distinct (customer, item, order) purchases that passed validation; at period m models know "
+    "only data before m; the relevant set of a user is the distinct items they bought in m, for users seen before m; "
+    "items bought before are valid recommendations; candidates are all items the model can score (freshrec: every "
+    "item seen before m plus the catalog's new items; peers: items seen before m). Recall@20 = |top20 ∩ R| / "
+    "min(20, |R|); NDCG@20 with binary relevance; mean over users, then over periods. Policies run the real "
+    "pipeline (validation, drift, decision, fine-tuning, promotion gate) in their own ledger and MLflow store; "
+    "a policy's champion changes only when the gate promotes a challenger."
+)
+
+
+def report(source: str, period: str, bootstrap: list[Period], tests: list[Period], tracks: list[Track], wall_seconds: float) -> dict:
+    by_name = {t.name: t.summary() for t in tracks}
+    result = {
+        "source": source,
+        "period": period,
+        "bootstrap_periods": [p.label for p in bootstrap],
+        "test_periods": [p.label for p in tests],
+        "protocol": PROTOCOL,
+        "machine": machine(),
+        "wall_seconds": round(wall_seconds, 1),
+        "results": by_name,
+    }
+    retrain, triggered = by_name.get("retrain"), by_name.get("triggered")
+    if retrain and triggered and retrain["mean_recall_at_20"]:
+        result["triggered_vs_retrain"] = {
+            "recall_share": triggered["mean_recall_at_20"] / retrain["mean_recall_at_20"],
+            "train_time_share": triggered["train_seconds"] / retrain["train_seconds"] if retrain["train_seconds"] else None,
+        }
+    return result
+
+
+def format_report(result: dict) -> str:
+    rows = [("policy / peer", "mean Recall@20", "mean NDCG@20", "updates", "train s")]
+    for name, r in result["results"].items():
+        rows.append((name, f"{r['mean_recall_at_20']:.4f}", f"{r['mean_ndcg_at_20']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    share = result.get("triggered_vs_retrain")
+    if share:
+        time_share = f"{share['train_time_share']:.1%}" if share["train_time_share"] is not None else "-"
+        lines.append(f"\ntriggered / retrain: {share['recall_share']:.1%} of the mean Recall@20 for {time_share} of the training time")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 5))
+    for name, r in result["results"].items():
+        labels = list(r["recall_at_20"])
+        axis.plot(labels, list(r["recall_at_20"].values()), marker="o", linestyle="-" if name in POLICIES else "--", label=name)
+    axis.set_xlabel(result["period"])
+    axis.set_ylabel("Recall@20")
+    axis.set_title(f"Backtest on {result['source']}: Recall@20 per {result['period']} (prequential)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_report(result: dict, out: Path) -> tuple[Path, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    return out, plot(result, out.with_suffix(".png"))
+
+
+def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> str:
+    """The report as an MLflow run in the experiment ``<experiment_name>-backtest``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = f"{settings.experiment_name}-backtest"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if settings.mlflow_tracking_uri.startswith("sqlite:"):
+            settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+            location = settings.mlflow_artifacts_dir.resolve().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=location)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"backtest {result['source']}") as run:
+        mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"])})
+        for name, r in result["results"].items():
+            key = name.replace(" ", "_").replace("(", "").replace(")", "")
+            mlflow.log_metrics({f"{key}.mean_recall_at_20": r["mean_recall_at_20"], f"{key}.mean_ndcg_at_20": r["mean_ndcg_at_20"], f"{key}.train_seconds": r["train_seconds"]})
+            for step, value in enumerate(r["recall_at_20"].values()):
+                mlflow.log_metric(f"{key}.recall_at_20", value, step=step)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="backtest")
+        return run.info.run_id
+
