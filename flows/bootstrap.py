@@ -49,7 +49,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     challenger = train_challenger(data, None, settings)
     evaluation = evaluate_models(challenger, None, data, settings)
     challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.evidence(), settings)
+    verdict = judge_challenger(evaluation.evidence(challenger.init_from), settings)
     run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
     registration = register_champion(settings, run_id, model_uri, None, verdict, data, evaluation) if verdict.promote else None
     version = registration.version if registration else None

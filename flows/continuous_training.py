@@ -40,7 +40,7 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     challenger = train_challenger(data, champion, settings)
     evaluation = evaluate_models(challenger, champion, data, settings)
     challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.evidence(), settings)
+    verdict = judge_challenger(evaluation.evidence(challenger.init_from), settings)
     run_id, model_uri = log_training_run(settings, validation.file_name, data, challenger, evaluation, verdict, champion, decision, drift)
     outcome.challenger_recall, outcome.champion_recall = evaluation.challenger.recall, evaluation.champion.recall
     outcome.reasons, outcome.mlflow_run_id = decision.reasons + verdict.reasons, run_id

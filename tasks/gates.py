@@ -84,6 +84,10 @@ class PromotionEvidence:
     gain_interval: tuple[float, float] | None = None  # bootstrap interval of challenger - champion
     historical_challenger: float | None = None  # on the historical slice (forgetting)
     historical_champion: float | None = None
+    # Started from the champion's weights. Only then is the historical slice (rows the champion
+    # trained on) a measure of forgetting: a model trained from scratch or elsewhere did not
+    # learn them from the champion, and scores below its in-sample fit without forgetting anything.
+    warm_started: bool = True
 
     @property
     def label(self) -> str:
@@ -109,7 +113,7 @@ def promotion_verdict(evidence: PromotionEvidence, settings: Settings) -> Promot
     else:
         checks.append(_change_check(evidence, settings))
         if evidence.historical_challenger is not None and evidence.historical_champion is not None:
-            checks.append(_forgetting_check(evidence, settings))
+            checks.append(_forgetting_check(evidence, settings) if evidence.warm_started else _not_warm_started(evidence))
         if settings.require_significant_gain:
             checks.append(_significance_check(evidence))
     promote = all(c.passed for c in checks)
@@ -146,6 +150,14 @@ def _forgetting_check(e: PromotionEvidence, settings: Settings) -> GateCheck:
         "forgetting", passed,
         f"historical slice: challenger {e.label} {e.historical_challenger:.4f} vs champion {e.historical_champion:.4f} "
         f"(forgot {loss:+.4f}), {verdict} the tolerance of {settings.max_forgetting:.4f}",
+    )
+
+
+def _not_warm_started(e: PromotionEvidence) -> GateCheck:
+    return GateCheck(
+        "forgetting", True,
+        f"historical slice: challenger {e.label} {e.historical_challenger:.4f} vs champion {e.historical_champion:.4f}, "
+        "not a forgetting check: the challenger did not start from the champion (the slice is the champion's training data)",
     )
 
 

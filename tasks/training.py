@@ -102,7 +102,8 @@ class Evaluation:
     def holdout_rows(self) -> int:
         return self.slices["newest"].rows
 
-    def evidence(self) -> PromotionEvidence:
+    def evidence(self, init_from: str) -> PromotionEvidence:
+        """The gate's input; ``init_from`` says where the challenger's weights started."""
         historical = self.slices.get("historical")
         usable = historical is not None and historical.challenger.users > 0 and historical.champion is not None
         return PromotionEvidence(
@@ -113,6 +114,7 @@ class Evaluation:
             gain_interval=self.gain_interval,
             historical_challenger=historical.challenger.value(self.metric) if usable else None,
             historical_champion=historical.champion.value(self.metric) if usable else None,
+            warm_started=init_from == "champion",
         )
 
     def metrics(self) -> dict[str, float]:

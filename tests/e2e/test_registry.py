@@ -54,7 +54,7 @@ def challenger_run(settings, champion, seed: int):
     trained = fit(data, champion, settings)
     evaluation = compare(trained, champion, data, settings)
     trained = remember_holdout(trained, data)
-    verdict = promotion_verdict(evaluation.evidence(), settings)
+    verdict = promotion_verdict(evaluation.evidence(trained.init_from), settings)
     run_id, model_uri = log_run(settings, f"challenger seed {seed}", data, trained, evaluation, verdict, champion, None, None)
     tags = version_tags(run_id, data, evaluation, verdict, champion.version if champion else None)
     return run_id, model_uri, data, tags
