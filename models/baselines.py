@@ -83,14 +83,29 @@ class _UserItemMatrix:
         self.matrix = matrix
 
 
+class _ScoringPeer:
+    """A peer that scores every item it knows for a known user (``scores``); others get recent
+    popularity. Users are scored in chunks, so memory stays at chunk x items."""
+
+    chunk = 2048
+
+    def recommend(self, users: pd.Index, k: int) -> np.ndarray:
+        result = self.popular.recommend(users, k)
+        rows = self.data.users.get_indexer(users)
+        known = np.flatnonzero(rows >= 0)
+        for start in range(0, len(known), self.chunk):
+            batch = known[start : start + self.chunk]
+            result[batch] = _top_items(self.scores(rows[batch]), self.data.items, k)
+        return result
+
+
 @dataclass
-class ItemKNN:
+class ItemKNN(_ScoringPeer):
     """Item-based collaborative filtering: an item scores the sum of its cosine similarities (on
     the binary user-item matrix) to the items of the user's history. Users without history get
     recent popularity."""
 
     name: str = "item-kNN (cosine)"
-    chunk: int = 2048
 
     def fit(self, history: pd.DataFrame, cutoff: pd.Timestamp) -> "ItemKNN":
         self.data = _UserItemMatrix(history)
@@ -103,19 +118,12 @@ class ItemKNN:
         self.popular = RecentPopularity().fit(history, cutoff)
         return self
 
-    def recommend(self, users: pd.Index, k: int) -> np.ndarray:
-        result = self.popular.recommend(users, k)
-        rows = self.data.users.get_indexer(users)
-        known = np.flatnonzero(rows >= 0)
-        for start in range(0, len(known), self.chunk):
-            batch = known[start : start + self.chunk]
-            scores = (self.data.matrix[rows[batch]] @ self.similarity).toarray()
-            result[batch] = _top_items(scores, self.data.items, k)
-        return result
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        return (self.data.matrix[rows] @ self.similarity).toarray()
 
 
 @dataclass
-class ALS:
+class ALS(_ScoringPeer):
     """Implicit-feedback matrix factorisation (Hu, Koren and Volinsky), from the `implicit`
     library (a development dependency): confidence 1 + alpha x purchases."""
 
@@ -147,14 +155,8 @@ class ALS:
         self.popular = RecentPopularity().fit(history, cutoff)
         return self
 
-    def recommend(self, users: pd.Index, k: int) -> np.ndarray:
-        result = self.popular.recommend(users, k)
-        rows = self.data.users.get_indexer(users)
-        known = np.flatnonzero(rows >= 0)
-        if len(known):
-            scores = self.model.user_factors[rows[known]] @ self.model.item_factors.T
-            result[known] = _top_items(np.asarray(scores), self.data.items, k)
-        return result
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.user_factors[rows] @ self.model.item_factors.T)
 
 
 def _top_items(scores: np.ndarray, items: pd.Index, k: int) -> np.ndarray:

@@ -33,13 +33,18 @@ def test_bootstrap_cut_off_keeps_later_batches_waiting(settings):
     assert len(data.replay) == 0
 
 
-def test_an_update_trains_on_the_champions_holdout_and_replays_history(settings):
+def first_champion(settings):
+    """Weeks 0-1 landed and consumed by a version 1 trained until their newest training row."""
     land(settings, range(0, 2))
     first = assemble(settings, None)
-    engine = ledger.connect(settings.ledger_url)
-    ledger.mark_consumed(engine, first.batch_ids, "1")
+    ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
     watermark = first.new["event_time"].max()
-    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
+    return first, watermark, ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
+
+
+def test_an_update_trains_on_the_champions_holdout_and_replays_history(settings):
+    first, watermark, champion = first_champion(settings)
+    engine = ledger.connect(settings.ledger_url)
 
     land(settings, range(2, 3))
     update = assemble(settings, champion)
@@ -75,12 +80,7 @@ def test_a_full_retrain_replays_all_history(settings):
 
 def test_the_forgetting_and_cold_start_slices(settings):
     settings = settings.model_copy(update={"replay_ratio": 0.5, "forgetting_slice_rows": 800})
-    land(settings, range(0, 2))
-    first = assemble(settings, None)
-    engine = ledger.connect(settings.ledger_url)
-    ledger.mark_consumed(engine, first.batch_ids, "1")
-    watermark = first.new["event_time"].max()
-    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
+    first, watermark, champion = first_champion(settings)
     write_weeks(settings.landing_dir, range(2, 3), drift_from_week=2, config=TINY_SHOP)  # new items appear
     for f in find_new_files(settings):
         validate_file(f, settings)
