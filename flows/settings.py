@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     # On Online Retail 30 days beat 90 days and uniform draws (94.5% vs 93.7% and 92.9% of
     # scratch). None draws uniformly.
     replay_half_life_days: float | None = 30.0
+    # Repeat memory: the model keeps each user's this many most bought items with their counts,
+    # and a repeat weight, chosen on the held-out slice after training, adds log(1 + count) to
+    # their scores. On Online Retail (a wholesaler: buying again is the norm) the retrained
+    # champion's Recall@20 rose from 0.26-0.32 to 0.32 with 50 items; 20 items gave half the
+    # gain, 100 or all items no more. 0 turns it off.
+    repeat_memory: int = 50
     # Softmax temperature of the in-batch loss over cosine scores: 0.1 spreads [-1, 1] enough to learn.
     temperature: float = 0.1
     # "auto" takes CUDA when present; "cpu" or "cuda" force it.

@@ -44,6 +44,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     compile: bool = False  # torch.compile the loss step: worth it on a GPU, not on a small CPU
+    repeat_slots: int = 50  # items per user whose purchase counts the model keeps (repeat memory)
 
 
 @dataclass
@@ -102,11 +103,12 @@ class Recommender:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = TwoTower(ModelArgs(**state["model_args"]))
         missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-        if unexpected or set(missing) - TEXT_KEYS:
+        if unexpected or set(missing) - TEXT_KEYS - REPEAT_KEYS:
             raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
-        if missing:  # written before the text tower existed: leave titles out of its scores
+        if set(missing) & TEXT_KEYS:  # written before the text tower existed: leave titles out of its scores
             with torch.no_grad():
                 model.text_projection.weight.zero_()
+        # Written before the repeat memory existed: it stays empty with weight 0 (the old scores).
         model.eval()
         return cls(
             model=model,
@@ -129,6 +131,10 @@ class Recommender:
 
 
 TEXT_KEYS = {"text_projection.weight", "item_text"}
+REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}
+# Repeat weights tried after training, on the held-out slice. On Online Retail the best lay
+# between 0.3 and 0.5 (Recall@20 +0.04 to +0.05 over 0); 0 keeps the towers' scores alone.
+REPEAT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 LOG_EVERY = 50  # steps between loss readings: each reading waits for the device
 
 
@@ -177,10 +183,14 @@ def prepare(
     history = torch.zeros(len(users), config.history_length, dtype=torch.long)
     if start is None:
         torch.manual_seed(config.seed)
-        model = TwoTower(ModelArgs(len(users), len(items), len(categories), config.dim, config.history_length))
+        model = TwoTower(
+            ModelArgs(len(users), len(items), len(categories), config.dim, config.history_length, repeat_slots=config.repeat_slots)
+        )
     else:
         model = start.model.grow(len(users), len(items), len(categories))
         history[: len(base_users)] = start.model.user_history
+        model.user_top_items[: len(base_users)] = start.model.user_top_items
+        model.user_top_counts[: len(base_users)] = start.model.user_top_counts
     with torch.no_grad():
         model.item_category.copy_(_item_categories(items, categories, catalog))
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
@@ -188,6 +198,8 @@ def prepare(
         if start is not None and start.history_until is not None:
             fresh = interactions[interactions["event_time"] > start.history_until]
         model.user_history.copy_(_merge_histories(history, users, items, fresh))
+        if model.args.repeat_slots:
+            _merge_repeat_memory(model.user_top_items, model.user_top_counts, users, items, fresh)
         if title_vectors is not None and len(title_vectors):
             rows = items.encode(title_vectors.index)
             model.item_text[rows[rows >= 0]] = torch.as_tensor(title_vectors.to_numpy()[rows >= 0], dtype=torch.float32)
@@ -213,6 +225,21 @@ def remember(recommender: Recommender, rows: pd.DataFrame, catalog: pd.DataFrame
     for name in ("steps", "history", "curve", "epochs_done", "best_score", "best_epoch"):
         setattr(remembered, name, getattr(recommender, name))
     return remembered
+
+
+def calibrate_repeat_weight(recommender: Recommender, validate: Callable[[Recommender], float], weights=REPEAT_WEIGHTS) -> dict[float, float]:
+    """Set the weight of the repeat memory to the one that scores best on held-out data (the
+    smallest among equals); returns the score of each weight tried."""
+    model = recommender.model
+    scores = {}
+    with torch.no_grad():
+        for weight in weights:
+            model.repeat_weight.fill_(weight)
+            scores[weight] = float(validate(recommender))
+        best = max(scores, key=lambda w: (scores[w], -w))
+        model.repeat_weight.fill_(best)
+    logger.info("repeat weight %.2f: %s", best, ", ".join(f"{w:g}: {v:.4f}" for w, v in scores.items()))
+    return scores
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -421,3 +448,35 @@ def _merge_histories(
         merged[user] = 0
         merged[user, length - len(recent) :] = torch.as_tensor(recent)
     return merged
+
+
+def _merge_repeat_memory(
+    top_items: torch.Tensor, top_counts: torch.Tensor, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame
+) -> None:
+    """Add the interactions' purchases to each user's counts and keep the most bought items
+    (ties: the lower item row, so the memory does not depend on row order); in place."""
+    if interactions.empty:
+        return
+    if "order_id" in interactions:  # a purchase is an (item, order): two lines of one order count once
+        interactions = interactions.drop_duplicates(["user_id", "item_id", "order_id"])
+    fresh = pd.DataFrame({"user": users.encode(interactions["user_id"]), "item": items.encode(interactions["item_id"])})
+    fresh = fresh.groupby(["user", "item"]).size().rename("count").reset_index()
+    touched = torch.as_tensor(fresh["user"].unique())
+    old_items, old_counts = top_items[touched], top_counts[touched]
+    kept = old_items > 0
+    old = pd.DataFrame(
+        {
+            "user": touched.unsqueeze(1).expand_as(old_items)[kept].numpy(),
+            "item": old_items[kept].numpy(),
+            "count": old_counts[kept].numpy(),
+        }
+    )
+    merged = pd.concat([old, fresh.astype({"count": "float32"})]).groupby(["user", "item"], as_index=False)["count"].sum()
+    merged = merged.sort_values(["user", "count", "item"], ascending=[True, False, True], kind="stable")
+    merged["slot"] = merged.groupby("user").cumcount()
+    merged = merged[merged["slot"] < top_items.shape[1]]
+    top_items[touched] = 0
+    top_counts[touched] = 0.0
+    rows, slots = torch.as_tensor(merged["user"].to_numpy()), torch.as_tensor(merged["slot"].to_numpy())
+    top_items[rows, slots] = torch.as_tensor(merged["item"].to_numpy(), dtype=torch.long)
+    top_counts[rows, slots] = torch.as_tensor(merged["count"].to_numpy(), dtype=torch.float32)

@@ -5,6 +5,11 @@ category's embedding and a projection of the log price, so an item nobody has bo
 vector placed by what it is. User tower: an id embedding plus the mean of the item vectors in the
 user's recent history, so a new user is placed by what they bought. Scores are cosine
 similarities; training uses an in-batch softmax with a logQ correction for item popularity.
+
+Repeat memory: each user's most bought items with their purchase counts. At scoring time an item
+gains ``repeat_weight * log(1 + purchases by this user)``, a weight calibrated on held-out data
+after training (see models.train.calibrate_repeat_weight): on a wholesaler's data, where buying
+again is the norm, the towers alone cannot say "this customer buys this every month".
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class ModelArgs:
     dim: int = 32
     history_length: int = 20
     text_dim: int = 64  # width of the title vectors (models.text.MODEL_TEXT_DIM)
+    repeat_slots: int = 50  # items per user in the repeat memory (0: none)
 
 
 class TwoTower(nn.Module):
@@ -40,6 +46,10 @@ class TwoTower(nn.Module):
         self.register_buffer("item_log_price", torch.zeros(args.n_items))
         self.register_buffer("item_text", torch.zeros(args.n_items, args.text_dim))
         self.register_buffer("user_history", torch.zeros(args.n_users, args.history_length, dtype=torch.long))
+        # Repeat memory: item rows (0 = empty) and purchase counts, most bought first.
+        self.register_buffer("user_top_items", torch.zeros(args.n_users, args.repeat_slots, dtype=torch.long))
+        self.register_buffer("user_top_counts", torch.zeros(args.n_users, args.repeat_slots))
+        self.register_buffer("repeat_weight", torch.zeros(()))
         for table in (self.user_embedding, self.item_embedding, self.category_embedding):
             nn.init.normal_(table.weight, std=0.05)
         with torch.no_grad():
@@ -90,13 +100,18 @@ class TwoTower(nn.Module):
         all_items = torch.arange(self.args.n_items, device=users.device)
         user_vec, item_vec = self(users, all_items)
         scores = user_vec @ item_vec.T
+        if self.args.repeat_slots and float(self.repeat_weight) != 0.0:
+            boost = torch.log1p(self.user_top_counts[users]) * self.repeat_weight
+            scores.scatter_add_(1, self.user_top_items[users], boost.to(scores.dtype))
         scores[:, 0] = float("-inf")
         return scores
 
     def grow(self, n_users: int, n_items: int, n_categories: int) -> "TwoTower":
         """A copy with larger tables: old rows kept, new id rows start at zero, so a new item is
         placed by its title, category and price, and a new user by their history."""
-        bigger = TwoTower(ModelArgs(n_users, n_items, n_categories, self.args.dim, self.args.history_length, self.args.text_dim))
+        bigger = TwoTower(
+            ModelArgs(n_users, n_items, n_categories, self.args.dim, self.args.history_length, self.args.text_dim, self.args.repeat_slots)
+        )
         with torch.no_grad():
             for name in ("user_embedding", "item_embedding", "category_embedding"):
                 old, new = getattr(self, name).weight, getattr(bigger, name).weight
@@ -108,6 +123,7 @@ class TwoTower(nn.Module):
             bigger.price_projection.load_state_dict(self.price_projection.state_dict())
             bigger.text_projection.load_state_dict(self.text_projection.state_dict())
             bigger.item_text[: self.args.n_items] = self.item_text
+            bigger.repeat_weight.copy_(self.repeat_weight)
         return bigger
 
     def model_args(self) -> dict:

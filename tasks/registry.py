@@ -78,6 +78,8 @@ def log_run(
                 "max_steps": recommender.config.max_steps,
                 "replay_half_life_days": settings.replay_half_life_days,
                 "title_text": settings.use_title_text,
+                "repeat_memory": settings.repeat_memory,
+                "repeat_weight": float(recommender.model.repeat_weight),
                 "embedding_dim": settings.embedding_dim,
                 "learning_rate": recommender.config.learning_rate,
                 "batch_size": settings.batch_size,

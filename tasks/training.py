@@ -19,7 +19,7 @@ from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
-from models.train import Recommender, TrainConfig, prepare, remember, train
+from models.train import Recommender, TrainConfig, calibrate_repeat_weight, prepare, remember, train
 from tasks import ledger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
@@ -231,6 +231,7 @@ def train_config(settings: Settings, init_from: str) -> TrainConfig:
         temperature=settings.temperature,
         dim=settings.embedding_dim,
         history_length=settings.history_length,
+        repeat_slots=settings.repeat_memory,
         device=settings.device,
         seed=settings.seed,
     )
@@ -279,6 +280,8 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
     key = training_key(data, champion, config)
     progress_path = settings.checkpoints_dir / f"training-{key}.pt"
     recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
+    if validate is not None and recommender.model.args.repeat_slots:
+        calibrate_repeat_weight(recommender, validate)
     seconds = time.perf_counter() - started
     path = recommender.save(settings.checkpoints_dir / f"challenger-{key}.pt")
     progress_path.unlink(missing_ok=True)  # finished: the challenger file is the result

@@ -132,3 +132,54 @@ def test_a_new_items_neighbours_share_its_category_more_often_than_chance(shop, 
         same.append(sum(category[ids[n]] == category[item] for n in neighbours) / 10)
     chance = (category.value_counts(normalize=True) ** 2).sum()  # two random items share a category
     assert sum(same) / len(same) > 2 * chance
+
+
+def _rows(pairs: list[tuple[str, str, str]], day: str = "2026-01-05") -> pd.DataFrame:
+    """(user, item, order) purchases on one day."""
+    return pd.DataFrame(
+        {
+            "user_id": [p[0] for p in pairs], "item_id": [p[1] for p in pairs], "order_id": [p[2] for p in pairs],
+            "event_time": pd.Timestamp(day, tz="UTC"), "price": 1.0,
+        }
+    )
+
+
+def test_repeat_memory_counts_purchases_and_merges_updates():
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "category": "x", "price": 1.0})
+    config = TrainConfig(repeat_slots=2, dim=4)
+    # u1 buys a in two orders (twice on one order's two lines counts once), b once, c once.
+    first = prepare(_rows([("u1", "a", "o1"), ("u1", "a", "o1"), ("u1", "a", "o2"), ("u1", "b", "o1"), ("u1", "c", "o3")]), catalog, config, None)
+    memory = lambda r, user: {  # noqa: E731
+        r.items.decode([i])[0]: float(c)
+        for i, c in zip(r.model.user_top_items[r.users.encode([user])[0]].tolist(), r.model.user_top_counts[r.users.encode([user])[0]].tolist())
+        if i > 0
+    }
+    assert memory(first, "u1") == {"a": 2.0, "b": 1.0}  # two slots: the most bought, ties by item row
+    later = prepare(_rows([("u1", "c", "o4"), ("u1", "c", "o5"), ("u2", "b", "o6")], day="2026-01-12"), catalog, config, first)
+    # c's first purchase fell out of the two slots, so it counts 2 now, not 3: the memory keeps
+    # the most bought items, not every count. b (1) drops out.
+    assert memory(later, "u1") == {"a": 2.0, "c": 2.0}
+    assert memory(later, "u2") == {"b": 1.0}
+
+
+def test_repeat_weight_raises_the_users_own_items_and_is_chosen_on_held_out_data(champion, history, shop):
+    users = torch.as_tensor(champion.users.encode(history["user_id"].unique()[:50]))
+    model = champion.model
+    plain = model.score_all(users)
+    model.repeat_weight.fill_(0.5)
+    boosted = model.score_all(users)
+    own = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, model.user_top_items[users], model.user_top_counts[users] > 0)
+    own[:, 0] = False
+    assert own.any()
+    # Exactly the user's own items move, by 0.5 * log(1 + purchases).
+    delta, own = (boosted - plain)[:, 1:], own[:, 1:]  # column 0 is padding (-inf in both)
+    assert (delta[~own] == 0).all() and (delta[own] > 0).all()
+    model.repeat_weight.fill_(0.0)
+    # The synthetic shop re-buys 30% of basket lines: the held-out week prefers a positive weight.
+    from models.train import calibrate_repeat_weight
+
+    holdout, seen = shop.week(3), pd.Index(history["user_id"].unique())
+    scores = calibrate_repeat_weight(champion, lambda r: evaluate(r, holdout, seen, 20).recall)
+    assert float(model.repeat_weight) == max(scores, key=lambda w: (scores[w], -w)) > 0
+    assert scores[float(model.repeat_weight)] > scores[0.0]
+    model.repeat_weight.fill_(0.0)  # the module-scoped champion is shared
