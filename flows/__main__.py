@@ -109,12 +109,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from flows.rollback import rollback
 
-    state = rollback(reason=args.reason, to_version=args.to, settings=_settings(), return_state=True)
-    if not state.is_completed():
-        print(f"error: {state.message}", file=sys.stderr)
-        return 1
-    print(state.message)
-    return 0
+    return _print_message(rollback(reason=args.reason, to_version=args.to, settings=_settings(), return_state=True))
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -125,6 +120,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         include_peers=not args.no_peers, include_als=not args.no_als, out=args.out, synthetic_weeks=args.weeks,
         settings=_settings(), return_state=True,
     )
+    return _print_message(state)
+
+
+def _print_message(state) -> int:
+    """A flow's final message on stdout, or its error on stderr with exit status 1."""
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         return 1

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     scratch_learning_rate: float = 0.01
     # A fine-tune: two passes over the new rows plus the replay sample, at the scratch rate.
     # Measured through the whole pipeline on Online Retail (make backtest, with the repeat
-    # memory): 2 passes with replay 1.0 reached 98.6% of monthly retraining's Recall@20 for 9.3%
+    # memory): 2 passes with replay 1.0 reached 98.6% of monthly retraining's Recall@20 for 9.6%
     # of its training time; 4 passes with replay 3.0 reached 96.7% for 30.8%. (Before the repeat
     # memory, a lighter study preferred 4 passes: docs/finetuning.md.)
     finetune_epochs: int = 2

@@ -69,9 +69,6 @@ class Challenger:
     final_loss: float
 
 
-SLICES = ("newest", "historical", "cold_start")
-
-
 @dataclass(frozen=True)
 class SliceComparison:
     """Challenger and champion on one slice: the same rows, users and K for both."""
@@ -173,10 +170,10 @@ def assemble(
             history, int(len(train_part) * settings.replay_ratio), settings.replay_half_life_days,
             train_part["event_time"].min() if len(train_part) else None, settings.seed,
         )
-    # Forgetting is measured on what the update does not replay (a retrain replays everything:
-    # then the slice is history the challenger saw again, and the check is a sanity check),
-    # drawn with the replay's recency weighting: the recent past users still act on, not the
-    # oldest rows that replay left behind.
+    # Forgetting is measured on what the update does not replay, drawn with the replay's
+    # recency weighting: the recent past users still act on, not the oldest rows that replay
+    # left behind. (A retrain replays everything: the slice is then history it saw again, logged
+    # but not gated, see PromotionEvidence.warm_started.)
     not_replayed = history.drop(index=replay.index) if len(replay) < len(history) else history
     historical = replay_sample(
         not_replayed, settings.forgetting_slice_rows, settings.replay_half_life_days,
