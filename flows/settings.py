@@ -155,13 +155,14 @@ class Settings(BaseSettings):
     # but any gain is. Raise them when promotions cost you something (a cache warm-up, a review).
     min_improvement: float = 0.0
     min_relative_improvement: float = 0.0
-    # Forgetting tolerance: the most the challenger may lose against the champion on the
-    # historical slice (recent earlier purchases the update did not replay), in absolute primary
-    # metric. In the demo, updates without replay lost 0.10, 0.10 and 0.16 Recall@20 there (one
-    # gained 0.04 on the newest slice and would have shipped); the default updates went from
-    # -0.07 to +0.04, and +0.12 in the second week of a permanent drift (rejected: under drift
-    # that does not return, raise this). 0.08 stops every update that skipped replay.
-    max_forgetting: float = 0.08
+    # Forgetting tolerance: the most a challenger warm-started from the champion may lose
+    # against it on the historical slice (recent earlier purchases the update did not replay),
+    # in absolute primary metric. Measured with the default fine-tune and repeat memory: monthly
+    # updates on Online Retail lost 0.013 to 0.083 there, the demo's 0.048 to 0.067, each while
+    # gaining 0.01 to 0.07 on new data; without replay the demo's lost 0.041 to 0.076. Before the
+    # repeat memory, updates without replay lost 0.10 to 0.16. 0.10 lets every measured healthy
+    # update through and stops losses beyond them.
+    max_forgetting: float = 0.10
     # Rows of earlier accepted data (not replayed by this update) scored for forgetting.
     forgetting_slice_rows: int = 20_000
     # Bootstrap intervals (users resampled) on the primary metric: reported for the challenger,
