@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.freshrec/prefect
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test backtest clean
+.PHONY: install demo test backtest servers deploy clean
 
 install: $(INSTALLED)
 
@@ -32,6 +32,25 @@ test: $(INSTALLED)
 backtest: $(INSTALLED)
 	FRESHREC_HOME=$(CURDIR)/.freshrec-backtest $(BIN)/python -m flows backtest --source online-retail --period month \
 		--data $(CURDIR)/../shared/data/online_retail.csv.gz --out benchmarks/results/backtest_online_retail.json
+
+# A Prefect server (UI on 4200) and an MLflow tracking server (UI on 5000) on loopback, state
+# under .freshrec/servers/; runs in the foreground, Ctrl-C stops both. Then `make deploy` in
+# another shell.
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+servers: $(INSTALLED)
+	$(BIN)/python -m flows servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT)
+
+# Deploys every flow of prefect.yaml to the servers of `make servers`, then starts a process
+# worker in the foreground (it runs the scheduled and triggered flow runs; Ctrl-C stops it).
+# The worker's flows keep their state in FRESHREC_HOME (default .freshrec/deployed/: landing/ is
+# where batch files go) and track to the MLflow server.
+deploy: $(INSTALLED)
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect work-pool create freshrec-process --type process --overwrite
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect --no-prompt deploy --all
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
+		FRESHREC_HOME=$${FRESHREC_HOME:-$(CURDIR)/.freshrec/deployed} PATH=$(CURDIR)/$(BIN):$$PATH \
+		$(BIN)/prefect worker start --pool freshrec-process
 
 clean:
 	rm -rf $(VENV) .freshrec .freshrec-backtest .pytest_cache

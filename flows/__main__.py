@@ -1,4 +1,4 @@
-"""Command line: python -m flows {generate,bootstrap,run,history,rollback,backtest,ledger,demo} [--help]."""
+"""Command line: python -m flows {generate,bootstrap,run,history,rollback,backtest,servers,ledger,demo} [--help]."""
 
 from __future__ import annotations
 
@@ -123,6 +123,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return _print_message(state)
 
 
+def cmd_servers(args: argparse.Namespace) -> int:
+    from flows.servers import run
+
+    state = Path(args.state_dir) if args.state_dir else _settings().home / "servers"
+    return run(state, args.prefect_port, args.mlflow_port)
+
+
 def _print_message(state) -> int:
     """A flow's final message on stdout, or its error on stderr with exit status 1."""
     if not state.is_completed():
@@ -176,7 +183,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
         print(f"Resetting the demo state in {home}")
         for entry in home.iterdir():
-            if entry.name == "prefect":  # PREFECT_HOME: run history only, and a UI may be reading it
+            # PREFECT_HOME (run history, a UI may be reading it) and what `make servers` and
+            # `make deploy` keep (their servers' stores, the deployed flows' state) are not the demo's.
+            if entry.name in ("prefect", "servers", "deployed"):
                 continue
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     home.mkdir(parents=True, exist_ok=True)
@@ -255,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--weeks", type=int, default=8, help="synthetic weeks, the first two for the bootstrap (default 8)")
     bt.add_argument("--out", default=None, help="report path (default: <home>/backtest/<source>/report.json; a .png beside it)")
     bt.set_defaults(func=cmd_backtest)
+
+    srv = sub.add_parser("servers", help="a Prefect server and an MLflow tracking server on loopback (Ctrl-C stops both)")
+    srv.add_argument("--prefect-port", type=int, default=4200)
+    srv.add_argument("--mlflow-port", type=int, default=5000)
+    srv.add_argument("--state-dir", default=None, help="their databases, artifacts and logs (default: <home>/servers)")
+    srv.set_defaults(func=cmd_servers)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)
