@@ -46,10 +46,6 @@ class PromotionVerdict:
     reasons: list[str]
     checks: list["GateCheck"] = field(default_factory=list)
 
-    @property
-    def failed(self) -> list[str]:
-        return [c.reason for c in self.checks if not c.passed]
-
 
 def decide_update(measured: UpdateSignals, settings: Settings) -> UpdateDecision:
     """Update iff drift, performance decay, the rows accumulated since the champion's training or
