@@ -60,6 +60,37 @@ def synthetic_periods(work: Path, weeks: int, bootstrap_weeks: int, drift_from_w
     return periods[:bootstrap_weeks], periods[bootstrap_weeks:]
 
 
+@task(name="prepare-periods", cache_policy=NO_CACHE)
+def prepare_periods(
+    source: str, period: str, data_path: str | None, work: Path, weeks: int, bootstrap_weeks: int,
+    drift_from_week: int | None, shop: ShopConfig | None, seed: int,
+) -> tuple[list[bt.Period], list[bt.Period]]:
+    """The source's landing files, written once under ``work``, grouped into periods."""
+    if source == "online-retail":
+        bootstrap, tests = online_retail_periods(Path(data_path) if data_path else ONLINE_RETAIL, work, period)
+    else:
+        bootstrap, tests = synthetic_periods(work, weeks, bootstrap_weeks, drift_from_week, shop or ShopConfig(), seed)
+    get_run_logger().info(
+        "%s: bootstrap on %s, %d test periods (%s to %s)",
+        source, ", ".join(p.label for p in bootstrap), len(tests), tests[0].label, tests[-1].label,
+    )
+    return bootstrap, tests
+
+
+@task(name="publish-backtest-report", cache_policy=NO_CACHE)
+def publish_report(result: dict, out: Path, settings: Settings) -> dict:
+    """The report as JSON and a plot at ``out``, an MLflow run and a Prefect artifact."""
+    files = bt.write_report(result, out)
+    result = {**result, "mlflow_run_id": bt.log_report(settings, result, files)}
+    table = bt.format_report(result)
+    create_markdown_artifact(
+        key="freshrec-backtest", markdown=f"# Backtest on {result['source']}\n\n```\n{table}\n```\n\n{bt.PROTOCOL}\n",
+        description=table.splitlines()[-1],
+    )
+    get_run_logger().info("report: %s and %s\n%s", files[0], files[1], table)
+    return result
+
+
 @task(name="run-policy", cache_policy=NO_CACHE)
 def run_policy(policy: str, settings: Settings, work: Path, bootstrap: list[bt.Period], tests: list[bt.Period]):
     logger = get_run_logger()
@@ -97,17 +128,11 @@ def backtest(
     """Replay ``source`` period by period through every policy, score the peers the same way,
     and write the report to ``out`` (default: <home>/backtest/<source>/report.json)."""
     settings = settings or Settings()
-    logger = get_run_logger()
     started = time.perf_counter()
     work = settings.home / "backtest" / source
-    if source == "online-retail":
-        bootstrap, tests = online_retail_periods(Path(data_path) if data_path else ONLINE_RETAIL, work, period)
-    else:
-        bootstrap, tests = synthetic_periods(
-            work, synthetic_weeks, synthetic_bootstrap_weeks, synthetic_drift_from_week, synthetic_shop or ShopConfig(), settings.seed
-        )
-    logger.info("%s: bootstrap on %s, %d test periods (%s to %s)", source, ", ".join(p.label for p in bootstrap), len(tests), tests[0].label, tests[-1].label)
-
+    bootstrap, tests = prepare_periods(
+        source, period, data_path, work, synthetic_weeks, synthetic_bootstrap_weeks, synthetic_drift_from_week, synthetic_shop, settings.seed
+    )
     tracks, accepted = [], None
     for policy in policies or list(bt.POLICIES):
         track, rows = run_policy(policy, settings, work, bootstrap, tests)
@@ -115,11 +140,6 @@ def backtest(
         accepted = accepted or rows
     if include_peers:
         tracks += run_peers(accepted, bootstrap, tests, include_als)
-
     result = bt.report(source, period, bootstrap, tests, tracks, time.perf_counter() - started)
-    files = bt.write_report(result, Path(out) if out else work / "report.json")
-    result["mlflow_run_id"] = bt.log_report(settings, result, files)
-    table = bt.format_report(result)
-    create_markdown_artifact(key="freshrec-backtest", markdown=f"# Backtest on {source}\n\n```\n{table}\n```\n\n{bt.PROTOCOL}\n", description=table.splitlines()[-1])
-    logger.info("report: %s and %s\n%s", files[0], files[1], table)
-    return Completed(message=table, data=result)
+    result = publish_report(result, Path(out) if out else work / "report.json", settings)
+    return Completed(message=bt.format_report(result), data=result)
