@@ -80,10 +80,7 @@ class TitleCache:
             known = known.append(missing)
             vectors = np.concatenate([vectors, encode(missing.tolist())])
             self._write(known, vectors)
-        out = np.zeros((len(titles), TEXT_DIM), dtype=np.float32)
-        present = titles.notna().to_numpy()
-        out[present] = vectors[known.get_indexer(titles[present].astype(str))]
-        return out
+        return _row_for_row(titles, known, vectors)
 
     def _write(self, titles: pd.Index, vectors: np.ndarray) -> None:
         self.titles_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,10 +104,13 @@ def catalog_title_vectors(catalog: pd.DataFrame, cache_dir: Path | None) -> pd.D
 
 
 def _uncached(titles: pd.Series) -> np.ndarray:
+    unique = pd.Index(titles.dropna().astype(str).unique())
+    return _row_for_row(titles, unique, encode(unique.tolist()))
+
+
+def _row_for_row(titles: pd.Series, known: pd.Index, vectors: np.ndarray) -> np.ndarray:
+    """The vector of each title (``vectors[i]`` belongs to ``known[i]``); zeros where it is missing."""
     out = np.zeros((len(titles), TEXT_DIM), dtype=np.float32)
     present = titles.notna().to_numpy()
-    if present.any():
-        unique = pd.Index(titles[present].unique())
-        encoded = encode(unique.astype(str).tolist())
-        out[present] = encoded[unique.get_indexer(titles[present])]
+    out[present] = vectors[known.get_indexer(titles[present].astype(str))]
     return out
