@@ -29,10 +29,13 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     drift = detect_batch_drift(validation, champion, settings)
     decay = measure_decay(validation, champion, settings)
     decision = decide(measure_signals(validation, champion, drift, decay, settings), settings)
+    outcome.drift_share, outcome.signals, outcome.drifted_columns = drift.drift_share, decision.signals, drift.drifted_columns
+    if not record_decision(settings, validation.batch_id, decision.update):
+        # Another run decided on this batch while this one measured it: that run trains on it.
+        outcome.reasons = ["decided by another continuous-training run working at the same time: nothing done here"]
+        return outcome
     log_decision(settings, validation, drift, decay, decision)
-    record_decision(settings, validation.batch_id, decision.update)
-    outcome.drift_share, outcome.update, outcome.reasons = drift.drift_share, decision.update, decision.reasons
-    outcome.signals, outcome.drifted_columns = decision.signals, drift.drifted_columns
+    outcome.update, outcome.reasons = decision.update, decision.reasons
     if not decision.update:
         return outcome
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.files import temporary_beside
+
 logger = logging.getLogger(__name__)
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's sentence vector
@@ -86,10 +88,10 @@ class TitleCache:
         self.titles_path.parent.mkdir(parents=True, exist_ok=True)
         # Vectors first, titles last: a reader that sees the new titles also sees their vectors;
         # a crash between the two leaves lengths that differ, which _read treats as no cache.
-        tmp_vectors = self.vectors_path.with_suffix(".tmp.npy")
+        tmp_vectors = temporary_beside(self.vectors_path, ".tmp.npy")
         np.save(tmp_vectors, vectors)
         tmp_vectors.replace(self.vectors_path)
-        tmp_titles = self.titles_path.with_suffix(".tmp")
+        tmp_titles = temporary_beside(self.titles_path)
         pd.DataFrame({"title": titles.astype(str)}).to_parquet(tmp_titles, index=False)
         tmp_titles.replace(self.titles_path)
 

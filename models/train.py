@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from models.files import temporary_beside
 from models.two_tower import ModelArgs, TwoTower, sampled_softmax_loss
 from models.vocab import Vocabulary
 
@@ -71,7 +72,7 @@ class Recommender:
     def save(self, path: Path) -> Path:
         """Write atomically: a crash mid-write leaves the previous file, never half of one."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = temporary_beside(path)
         torch.save(
             {
                 "model_args": self.model.model_args(),

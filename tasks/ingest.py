@@ -21,6 +21,7 @@ from data_checks.interactions import ContractLimits, read_landing_file, validate
 from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult
 from flows.settings import Settings
+from models.files import temporary_beside
 from tasks import ledger
 from tasks.tracking import log_validation_run
 
@@ -97,7 +98,8 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
             )
             continue
         batch_id = ledger.record_received(engine, path.name, digest, path.stat().st_size, kind)
-        new.append(LandedFile(batch_id, path.name, str(path), kind))
+        if batch_id is not None:  # None: a run working at the same time registered it first and validates it
+            new.append(LandedFile(batch_id, path.name, str(path), kind))
     return new
 
 
@@ -204,14 +206,14 @@ def _quarantine_unreadable(landed: LandedFile, settings: Settings, reason: str) 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """Write beside the target and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_beside(path)
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_beside(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
@@ -245,8 +247,9 @@ def find_undecided_batches(settings: Settings) -> list[BatchValidation]:
 
 
 @task(name="record-decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def record_decision(settings: Settings, batch_id: int, update: bool) -> None:
-    ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip")
+def record_decision(settings: Settings, batch_id: int, update: bool) -> bool:
+    """Claim the batch's decision; False when a run working at the same time decided it first."""
+    return ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip")
 
 
 @task(name="publish-validation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -38,6 +38,8 @@ batches = sa.Table(
     sa.Column("decision", sa.String(16), nullable=True),  # update | skip: what continuous training decided
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
+    # A file is registered once, even when two runs find it at the same moment.
+    sa.UniqueConstraint("file_name", "sha256", name="one_record_per_file"),
 )
 
 
@@ -104,7 +106,10 @@ def connect(url: str) -> sa.Engine:
 
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except sa.exc.DatabaseError:  # another process created the tables between check and create
+        metadata.create_all(engine)
     return engine
 
 
@@ -121,23 +126,27 @@ def find_by_hash(engine: sa.Engine, sha256: str) -> BatchRecord | None:
     return _record(row) if row else None
 
 
-def record_received(engine: sa.Engine, file_name: str, sha256: str, size_bytes: int, kind: str, status: str = "received", reasons: str = "") -> int:
-    with engine.begin() as conn:
-        result = conn.execute(
-            batches.insert().values(
-                file_name=file_name,
-                sha256=sha256,
-                size_bytes=size_bytes,
-                received_at=datetime.now(timezone.utc),
-                kind=kind,
-                status=status,
-                rows_in=0,
-                rows_accepted=0,
-                rows_quarantined=0,
-                reasons=reasons,
+def record_received(engine: sa.Engine, file_name: str, sha256: str, size_bytes: int, kind: str, status: str = "received", reasons: str = "") -> int | None:
+    """Register a landed file; None when another run registered the same file first."""
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(
+                batches.insert().values(
+                    file_name=file_name,
+                    sha256=sha256,
+                    size_bytes=size_bytes,
+                    received_at=datetime.now(timezone.utc),
+                    kind=kind,
+                    status=status,
+                    rows_in=0,
+                    rows_accepted=0,
+                    rows_quarantined=0,
+                    reasons=reasons,
+                )
             )
-        )
-        return int(result.inserted_primary_key[0])
+    except sa.exc.IntegrityError:
+        return None
+    return int(result.inserted_primary_key[0])
 
 
 def record_outcome(
@@ -200,11 +209,16 @@ def undecided_batches(engine: sa.Engine) -> list[BatchRecord]:
     return _batches_where(engine, *_PENDING, batches.c.decision.is_(None))
 
 
-def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> None:
+def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> bool:
+    """Record the update decision on a batch not decided yet; False when another run decided it
+    first (that run, not this one, trains on it)."""
     with engine.begin() as conn:
-        conn.execute(
-            batches.update().where(batches.c.id == batch_id).values(decision=decision, decided_at=datetime.now(timezone.utc))
+        result = conn.execute(
+            batches.update()
+            .where(batches.c.id == batch_id, batches.c.decision.is_(None))
+            .values(decision=decision, decided_at=datetime.now(timezone.utc))
         )
+    return result.rowcount == 1
 
 
 def consumed_batches(engine: sa.Engine) -> list[BatchRecord]:

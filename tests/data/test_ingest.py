@@ -4,6 +4,7 @@ crash losing a batch, an unreadable file vanishing, rows unaccounted for."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,40 @@ def test_a_batch_left_unfinished_by_a_crash_is_processed_again(settings):
     first = find_new_files(settings)  # registered, then the process "dies" before validating
     again = find_new_files(settings)
     assert [f.batch_id for f in again] == [f.batch_id for f in first]
+
+
+def _find_at_barrier(barrier, results, settings) -> None:
+    barrier.wait()
+    results.put([f.file_name for f in find_new_files(settings)])
+
+
+def test_two_runs_finding_the_same_files_at_once_register_each_file_once(settings):
+    write_weeks(settings.landing_dir, range(0, 4), config=TINY_SHOP)
+    ledger.connect(settings.ledger_url)  # the tables exist, as they do once a home has run
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    runs = [context.Process(target=_find_at_barrier, args=(barrier, results, settings)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    found = [results.get(timeout=120) for _ in runs]
+    for run in runs:
+        run.join(timeout=60)
+        assert run.exitcode == 0
+    rows = ledger.all_batches(ledger.connect(settings.ledger_url))
+    names = sorted(p.name for p in settings.landing_dir.iterdir())
+    assert sorted(r.file_name for r in rows) == names  # one record per file, whoever registered it
+    assert set(found[0]) | set(found[1]) == set(names)
+
+
+def test_a_batch_is_decided_by_one_run_only(settings):
+    write_weeks(settings.landing_dir, range(0, 1), config=TINY_SHOP)
+    (batch,) = [v for v in ingest_all(settings) if v.kind == "interactions"]
+    engine = ledger.connect(settings.ledger_url)
+    assert ledger.record_decision(engine, batch.batch_id, "update")
+    assert not ledger.record_decision(engine, batch.batch_id, "skip")  # a second run lost the claim
+    (record,) = [r for r in ledger.all_batches(engine) if r.id == batch.batch_id]
+    assert record.decision == "update"
+    assert ledger.record_received(engine, batch.file_name, record.sha256, 1, "interactions") is None
 
 
 def test_an_empty_file_is_rejected_and_kept(settings):
