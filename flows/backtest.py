@@ -126,7 +126,22 @@ def backtest(
     settings: Settings | None = None,
 ) -> State:
     """Replay ``source`` period by period through every policy, score the peers the same way,
-    and write the report to ``out`` (default: <home>/backtest/<source>/report.json)."""
+    and write the report to ``out`` (default: <home>/backtest/<source>/report.json).
+
+    Args:
+        source: online-retail (the UCI file at data_path) or synthetic (a generated shop).
+        period: month or week: the unit each policy updates on and is scored on.
+        data_path: the UCI Online Retail file (CSV, gzipped or not) when source is online-retail.
+        policies: the update policies to replay; empty: all four.
+        include_peers: also score recent popularity, repeat purchase, item-kNN and ALS.
+        include_als: ALS among the peers (needs the `implicit` package).
+        out: where the JSON report (and the plot beside it) is written.
+        synthetic_weeks: weeks of the synthetic shop, bootstrap weeks included.
+        synthetic_bootstrap_weeks: weeks the first champion trains on.
+        synthetic_drift_from_week: the week the synthetic shop's tastes change; empty: never.
+        synthetic_shop: the synthetic shop's size (users, items, orders a week).
+        settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
+    """
     settings = settings or Settings()
     started = time.perf_counter()
     work = settings.home / "backtest" / source

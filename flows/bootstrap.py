@@ -30,6 +30,10 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
 
     With ``until``, train only on batches whose events all precede it; later batches wait,
     validated, for the first continuous-training update.
+
+    Args:
+        settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
+        until: train only on batches whose events all precede this time; empty: every batch.
     """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()

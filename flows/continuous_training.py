@@ -57,7 +57,11 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
 
 @flow(name="continuous-training")
 def continuous_training(settings: Settings | None = None) -> State:
-    """Process every new landing file, oldest first, and say what was decided and why."""
+    """Process every new landing file, oldest first, and say what was decided and why.
+
+    Args:
+        settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
+    """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
     if load_champion(settings) is None:

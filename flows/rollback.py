@@ -12,7 +12,13 @@ from tasks.registry import roll_back_champion
 @flow(name="rollback")
 def rollback(reason: str, to_version: str | None = None, settings: Settings | None = None) -> State:
     """Move @champion back to the version the current champion replaced, or to ``to_version``.
-    The move, its time and ``reason`` are appended to the ledger (`python -m flows history`)."""
+    The move, its time and ``reason`` are appended to the ledger (`python -m flows history`).
+
+    Args:
+        reason: why, in words the next person on call understands (kept in the audit trail).
+        to_version: the registry version to serve; empty: the one the current champion replaced.
+        settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
+    """
     settings = settings or Settings()  # resolved at run time, like the other flows
     move = roll_back_champion(settings, reason, to_version)
     message = (

@@ -1,10 +1,12 @@
-"""freshrec as users run it: real servers, `prefect deploy`, a process worker, a triggered run.
+"""freshrec as users run it: real servers, `prefect deploy`, a process worker, triggered runs.
 
 Starts `prefect server start` and `mlflow server` (SQLite backend, local artifact root) on free
-loopback ports, each in its own process group, deploys prefect.yaml, starts a process worker,
-runs the bootstrap deployment with `prefect deployment run`, waits for it, then checks through
-MLflow's REST API that the registered model has a champion and through Prefect's API that the
-run created its report artifact. Every process it started is stopped, whatever happens.
+loopback ports, each in its own process group, deploys prefect.yaml and starts a process worker
+(once for the module). Then: the bootstrap deployment, run with `prefect deployment run`, gives
+a champion (MLflow's REST API) and a report artifact (Prefect's API); two continuous-training
+deployment runs at once wait for each other (`concurrency_limit: 1`); two continuous-training
+runs started by hand at once, past that limit, promote at most once and leave the ledger
+consistent. Every process the module started is stopped, whatever happens.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from data_checks.sources.synthetic import write_weeks
 from flows.servers import Server, start_mlflow, start_prefect, stop, wait_ready
+from tasks import ledger
 from tests.conftest import TINY_SHOP
 
 pytestmark = pytest.mark.slow
@@ -45,72 +49,164 @@ def get_json(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture
-def servers(tmp_path):
-    state = tmp_path / "servers"
-    started: list[Server] = []
-    try:
-        started.append(start_prefect(state, free_port()))
-        started.append(start_mlflow(state, free_port()))
-        for server in started:
-            wait_ready(server, timeout=180)
-        yield started[0].url, started[1].url
-    finally:
-        for server in started:
-            stop(server)
+@dataclass
+class Deployed:
+    prefect_api: str
+    mlflow_uri: str
+    home: Path  # the worker's FRESHREC_HOME
+    env: dict[str, str]  # what the worker runs with
+    logs: Path
 
-
-def test_bootstrap_deployment_runs_on_a_process_worker(servers, tmp_path):
-    prefect_api, mlflow_uri = servers
-    home = tmp_path / "freshrec"
-    write_weeks(home / "landing", range(0, 2), config=TINY_SHOP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env |= {
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PREFECT_API_URL": prefect_api,
-        "PREFECT_HOME": str(tmp_path / "prefect-client"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-        "FRESHREC_HOME": str(home),
-        "FRESHREC_MIN_NEW_ROWS": "500",
-        "FRESHREC_SCRATCH_EPOCHS": "3",
-    }
-
-    def prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
-    prefect("work-pool", "create", "freshrec-process", "--type", "process", "--overwrite")
-    prefect("--no-prompt", "deploy", "--all")
-    deployments = get_json(f"{prefect_api}/deployments/filter", {})
-    assert {d["name"] for d in deployments} == {"continuous-training-daily", "bootstrap", "rollback"}
-    assert all(d["enforce_parameter_schema"] and "freshrec" in d["tags"] for d in deployments)
+    def run_deployment(self, name: str) -> str:
+        started = self.prefect("deployment", "run", name)
+        return next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
 
-    worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "freshrec-process"], cwd=REPO, env=env,
-        stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        started = prefect("deployment", "run", "bootstrap/bootstrap")
-        run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
-        deadline = time.monotonic() + 600
+    def wait(self, run_id: str, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
         while True:
-            state = get_json(f"{prefect_api}/flow_runs/{run_id}")["state"]
-            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            assert time.monotonic() < deadline, f"the bootstrap run is still {state['type']} after 600 s"
+            run = get_json(f"{self.prefect_api}/flow_runs/{run_id}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                assert run["state"]["type"] == "COMPLETED", (run["state"], (self.logs / "worker.log").read_text()[-4000:])
+                return run
+            assert time.monotonic() < deadline, f"flow run {run_id} is still {run['state']['type']} after {timeout} s"
             time.sleep(3)
-        assert state["type"] == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
-    finally:
-        stop(Server("worker", "", "", worker, tmp_path / "worker.log"))
-        worker_log.close()
 
-    # MLflow's REST API: the registered model has a champion.
-    model = urllib.parse.quote("ecommerce-recommender")
-    champion = get_json(f"{mlflow_uri}/api/2.0/mlflow/registered-models/alias?name={model}&alias=champion")["model_version"]
-    assert champion["version"] == "1" and champion["run_id"]
+    def champion(self) -> str:
+        model = urllib.parse.quote("ecommerce-recommender")
+        url = f"{self.mlflow_uri}/api/2.0/mlflow/registered-models/alias?name={model}&alias=champion"
+        return get_json(url)["model_version"]["version"]
+
+    def versions(self) -> list[str]:
+        found = get_json(f"{self.mlflow_uri}/api/2.0/mlflow/model-versions/search?filter=name%3D%27ecommerce-recommender%27")
+        return sorted((v["version"] for v in found.get("model_versions", [])), key=int)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """Both servers, every deployment of prefect.yaml, and a process worker, for the module."""
+    tmp = tmp_path_factory.mktemp("deployed")
+    home = tmp / "freshrec"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    started: list[Server] = []
+    try:
+        started.append(start_prefect(tmp / "servers", free_port()))
+        started.append(start_mlflow(tmp / "servers", free_port()))
+        for server in started:
+            wait_ready(server, timeout=180)
+        env |= {
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PREFECT_API_URL": started[0].url,
+            "PREFECT_HOME": str(tmp / "prefect-client"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": started[1].url,
+            "FRESHREC_HOME": str(home),
+            "FRESHREC_MIN_NEW_ROWS": "500",
+            "FRESHREC_SCRATCH_EPOCHS": "3",
+            "FRESHREC_FINETUNE_EPOCHS": "2",
+            # A tiny shop's week (about 2.5k rows) is enough new data to update on.
+            "FRESHREC_VOLUME_THRESHOLD_ROWS": "2000",
+        }
+        deployed = Deployed(started[0].url, started[1].url, home, env, tmp / "servers" / "logs")
+        deployed.prefect("work-pool", "create", "freshrec-process", "--type", "process", "--overwrite")
+        deployed.prefect("--no-prompt", "deploy", "--all")
+        with open(deployed.logs / "worker.log", "w") as worker_log:
+            worker = subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "freshrec-process"], cwd=REPO, env=env,
+                stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        started.append(Server("worker", "", "", worker, deployed.logs / "worker.log"))
+        yield deployed
+    finally:
+        for server in reversed(started):
+            stop(server)
+
+
+def moves_and_batches(home: Path) -> tuple[list[ledger.AliasMove], list[ledger.BatchRecord]]:
+    engine = ledger.connect(f"sqlite:///{home / 'ledger.db'}")
+    return ledger.moves(engine, "ecommerce-recommender"), ledger.all_batches(engine)
+
+
+def assert_ledger_consistent(deployed: Deployed) -> None:
+    """One record per landed file, every row accounted for, the alias moves a chain that ends at
+    the registry's champion, and no registered version left that never became champion."""
+    moves, batches = moves_and_batches(deployed.home)
+    assert sorted(b.file_name for b in batches) == sorted(p.name for p in (deployed.home / "landing").iterdir())
+    assert all(b.rows_in == b.rows_accepted + b.rows_quarantined for b in batches)
+    assert [m.seq for m in moves] == list(range(1, len(moves) + 1))
+    assert all(later.from_version == earlier.to_version for earlier, later in zip(moves, moves[1:]))
+    assert moves[-1].to_version == deployed.champion()
+    assert deployed.versions() == sorted({m.to_version for m in moves}, key=int)
+
+
+def test_prefect_yaml_deploys_every_flow_with_a_form(deployed):
+    deployments = {d["name"]: d for d in get_json(f"{deployed.prefect_api}/deployments/filter", {})}
+    assert set(deployments) == {"continuous-training-daily", "bootstrap", "backtest", "rollback"}
+    for deployment in deployments.values():
+        assert deployment["enforce_parameter_schema"] and "freshrec" in deployment["tags"]
+        assert deployment["work_pool_name"] == "freshrec-process" and deployment["description"]
+        schema = deployment["parameter_openapi_schema"]
+        assert "settings" in schema["properties"] and all(p.get("description") for p in schema["properties"].values())
+    assert deployments["rollback"]["parameter_openapi_schema"]["required"] == ["reason"]
+    assert deployments["backtest"]["parameters"] == {"source": "synthetic"}
+    assert deployments["continuous-training-daily"]["global_concurrency_limit"]["limit"] == 1
+    assert [s["schedule"]["cron"] for s in deployments["continuous-training-daily"]["schedules"]] == ["0 3 * * *"]
+
+
+def test_bootstrap_deployment_runs_on_a_process_worker(deployed):
+    write_weeks(deployed.home / "landing", range(0, 2), config=TINY_SHOP)
+    run_id = deployed.run_deployment("bootstrap/bootstrap")
+    deployed.wait(run_id)
+    assert deployed.champion() == "1"  # MLflow's REST API: the registered model has a champion
     # Prefect's API: the run published its report.
-    artifacts = get_json(f"{prefect_api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    artifacts = get_json(f"{deployed.prefect_api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     assert "freshrec-report" in {a["key"] for a in artifacts}
+    assert_ledger_consistent(deployed)
+
+
+def test_two_deployment_runs_at_once_take_turns(deployed):
+    """The daily deployment's concurrency_limit of 1: a second run waits for the first."""
+    moves_before = len(moves_and_batches(deployed.home)[0])
+    write_weeks(deployed.home / "landing", range(2, 3), config=TINY_SHOP)
+    first, second = (deployed.run_deployment("continuous-training/continuous-training-daily") for _ in range(2))
+    runs = sorted((deployed.wait(first), deployed.wait(second)), key=lambda run: run["start_time"])
+    assert runs[0]["end_time"] <= runs[1]["start_time"], "the two runs overlapped"
+    states = [
+        state["name"] for run in runs
+        for state in get_json(f"{deployed.prefect_api}/flow_run_states/?flow_run_id={run['id']}")
+    ]
+    assert "AwaitingConcurrencySlot" in states
+    moves, batches = moves_and_batches(deployed.home)
+    assert len(moves) - moves_before <= 1  # one new batch: at most one promotion
+    (week2,) = [b for b in batches if b.file_name == "interactions-week002.csv"]
+    assert week2.decision == "update"
+    assert_ledger_consistent(deployed)
+
+
+def test_two_runs_started_by_hand_at_once_promote_at_most_once(deployed):
+    """Past the deployment's limit (two `python -m flows run` at once), the ledger's claims decide:
+    each file is validated into one record, each batch decided and trained on by one run, and
+    of two challengers for the same champion at most one is promoted."""
+    moves_before = len(moves_and_batches(deployed.home)[0])
+    write_weeks(deployed.home / "landing", range(3, 4), config=TINY_SHOP)
+    command = [sys.executable, "-m", "flows", "run", "--json"]
+    runs = [subprocess.Popen(command, cwd=REPO, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-3000:]
+    outcomes = [json.loads(line) for out, _ in outputs for line in out.splitlines() if line.startswith("{")]
+    week3 = [o for o in outcomes if o["batch"] == "interactions-week003.csv"]
+    promoted = [o for o in week3 if o["promoted"]]
+    assert len(promoted) <= 1
+    for outcome in week3:
+        # Whoever did not promote says why: the other run decided the batch, the gate, or the lost claim.
+        assert outcome["promoted"] or outcome["reasons"], outcome
+    moves, batches = moves_and_batches(deployed.home)
+    assert len(moves) - moves_before == len(promoted)
+    (record,) = [b for b in batches if b.file_name == "interactions-week003.csv"]
+    assert record.decision == "update"
+    assert_ledger_consistent(deployed)
