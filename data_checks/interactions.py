@@ -12,20 +12,23 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from data_checks.contract import INTERACTION_COLUMNS, OPTIONAL_INTERACTION_COLUMNS, empty_interactions
 from data_checks.rules import (
     RowRule,
+    RuleChecks,
     ValidationResult,
-    apply_rules,
     between,
+    check_rules,
     not_in_set,
     not_matching,
     not_null,
     rejected,
     schema_problems,
+    split_rows,
 )
 
 NUMERIC_COLUMNS = ("quantity", "price")
@@ -121,28 +124,100 @@ def coerce(raw: pd.DataFrame) -> pd.DataFrame:
     return typed
 
 
-def wrong_type_columns(raw: pd.DataFrame, typed: pd.DataFrame) -> list[str]:
-    """Columns where most present values fail to parse: a schema change, not bad rows."""
-    problems = []
+@dataclass(frozen=True)
+class ParseCount:
+    """How many present values of a column failed to parse, and one of them."""
+
+    present: int
+    failed: int
+    example: str | None
+
+
+@dataclass
+class PartitionChecks:
+    """One partition of a batch, typed and checked: everything validation needs from its rows."""
+
+    typed: pd.DataFrame
+    checks: RuleChecks
+    parse_counts: dict[str, ParseCount]
+
+
+def parse_counts(raw: pd.DataFrame, typed: pd.DataFrame) -> dict[str, ParseCount]:
+    counts = {}
     for column in (*NUMERIC_COLUMNS, "event_time"):
         present = raw[column].notna() & (raw[column].str.strip() != "")
         failed = present & typed[column].isna()
-        if present.sum() and failed.sum() / present.sum() > WRONG_TYPE_SHARE:
-            example = raw.loc[failed, column].iloc[0]
+        counts[column] = ParseCount(int(present.sum()), int(failed.sum()), raw.loc[failed, column].iloc[0] if failed.any() else None)
+    return counts
+
+
+def wrong_type_columns(counts: dict[str, ParseCount]) -> list[str]:
+    """Columns where most present values fail to parse: a schema change, not bad rows."""
+    problems = []
+    for column, count in counts.items():
+        if count.present and count.failed / count.present > WRONG_TYPE_SHARE:
             kind = "a timestamp" if column == "event_time" else "numeric"
-            problems.append(f"column {column} is not {kind}: {failed.sum():,} of {present.sum():,} values do not parse (e.g. {example!r})")
+            problems.append(
+                f"column {column} is not {kind}: {count.failed:,} of {count.present:,} values do not parse (e.g. {count.example!r})"
+            )
     return problems
 
 
-def validate_interactions(raw: pd.DataFrame, max_bad_row_share: float, limits: ContractLimits) -> ValidationResult:
-    """Split a raw batch into accepted and quarantined rows, or reject it whole."""
+def partition_by_order(raw: pd.DataFrame, partitions: int) -> list[pd.DataFrame]:
+    """Split a batch into up to ``partitions`` parts, every line of an order in the same part.
+
+    The contract's cross-row rules look only inside an order (one user per order, the order's
+    size, exact repeats of a line), so checking the parts separately splits the batch exactly as
+    checking it whole. Rows keep their index; parts keep the batch's row order.
+    """
+    if partitions <= 1 or len(raw) == 0:
+        return [raw]
+    keys = raw["order_id"].fillna("").str.strip()
+    part = pd.util.hash_pandas_object(keys, index=False).to_numpy() % partitions
+    return [raw[part == p] for p in range(partitions) if (part == p).any()]
+
+
+def check_partition(raw: pd.DataFrame, limits: ContractLimits) -> PartitionChecks:
+    """The row-level work on one partition: types, the rules as masks and as a GE suite."""
+    typed = coerce(raw)
+    return PartitionChecks(typed, check_rules(typed, row_rules(limits), "interactions"), parse_counts(raw, typed))
+
+
+CheckPartitions = Callable[[list[pd.DataFrame], ContractLimits], list[PartitionChecks]]
+
+
+def check_here(parts: list[pd.DataFrame], limits: ContractLimits) -> list[PartitionChecks]:
+    """Check the partitions one after another in this process."""
+    return [check_partition(part, limits) for part in parts]
+
+
+def validate_interactions(
+    raw: pd.DataFrame, max_bad_row_share: float, limits: ContractLimits, partitions: int = 1, check: CheckPartitions = check_here
+) -> ValidationResult:
+    """Split a raw batch into accepted and quarantined rows, or reject it whole.
+
+    With ``partitions`` > 1 the row checks run per partition (by order, see `partition_by_order`)
+    through ``check``, which may run them anywhere (tasks/ingest.py submits them to the flow's
+    task runner: a Dask cluster); the split is the same as with one partition.
+    """
     reasons, ge_result = schema_problems(
         raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS], "interactions"
     )
     if reasons:
         return rejected(raw, reasons, empty_interactions(), ge_result=ge_result)
-    typed = coerce(raw)
-    wrong_types = wrong_type_columns(raw, typed)
+    raw = raw.reset_index(drop=True)  # the partitions' rows go back in this order
+    parts = check(partition_by_order(raw, partitions), limits)
+    counts = {
+        column: ParseCount(
+            sum(p.parse_counts[column].present for p in parts),
+            sum(p.parse_counts[column].failed for p in parts),
+            next((p.parse_counts[column].example for p in parts if p.parse_counts[column].example is not None), None),
+        )
+        for column in parts[0].parse_counts
+    }
+    wrong_types = wrong_type_columns(counts)
     if wrong_types:
         return rejected(raw, wrong_types, empty_interactions())
-    return apply_rules(raw, typed, row_rules(limits), max_bad_row_share, "interactions", empty_interactions())
+    typed = pd.concat([p.typed for p in parts]).sort_index() if len(parts) > 1 else parts[0].typed
+    checks = RuleChecks.merge([p.checks for p in parts])
+    return split_rows(raw, typed, checks, row_rules(limits), max_bad_row_share, empty_interactions())

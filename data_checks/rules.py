@@ -174,19 +174,51 @@ def rejected(raw: pd.DataFrame, reasons: list[str], empty: pd.DataFrame, counts:
     return ValidationResult("rejected", len(raw), empty, quarantined, reasons, counts or [], ge_result)
 
 
+@dataclass
+class RuleChecks:
+    """The row rules run over some rows: which rows broke which rule, and GE's own record."""
+
+    masks: pd.DataFrame  # one boolean column per rule, in rule order, on the rows' index
+    ge_counts: dict[str, int]  # failing rows per rule as Great Expectations counted them
+    ge_result: dict  # GE's result as JSON
+
+    @classmethod
+    def merge(cls, parts: list["RuleChecks"]) -> "RuleChecks":
+        """The checks of a batch from those of its partitions (disjoint rows of one batch)."""
+        if len(parts) == 1:
+            return parts[0]
+        masks = pd.concat([part.masks for part in parts]).sort_index()
+        counts = {rule: sum(part.ge_counts[rule] for part in parts) for rule in parts[0].ge_counts}
+        result = {"success": all(part.ge_result.get("success") for part in parts), "partitions": [part.ge_result for part in parts]}
+        return cls(masks, counts, result)
+
+
+def check_rules(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> RuleChecks:
+    """Run the suite through Great Expectations and the rules as masks over every row."""
+    masks = pd.DataFrame({rule.name: rule.broken(typed) for rule in rules}, index=typed.index)
+    ge_counts, ge_result = run_suite(typed, rules, suite_name)
+    return RuleChecks(masks, ge_counts, ge_result)
+
+
 def apply_rules(
     raw: pd.DataFrame, typed: pd.DataFrame, rules: list[RowRule], max_bad_row_share: float, suite_name: str, empty: pd.DataFrame
 ) -> ValidationResult:
     """Run the suite, split the rows by the masks, reject the batch when errors pass the share."""
-    masks = {rule.name: rule.broken(typed) for rule in rules}
-    ge_counts, ge_result = run_suite(typed, rules, suite_name)
-    counts = [RuleCount(r.name, r.level, r.description, int(masks[r.name].sum()), ge_counts[r.name]) for r in rules]
-    error_rules = [r.name for r in rules if r.level == "error"]
-    errors = _any(masks, error_rules, typed.index)
-    bad = _any(masks, list(masks), typed.index)
+    return split_rows(raw, typed, check_rules(typed, rules, suite_name), rules, max_bad_row_share, empty)
+
+
+def split_rows(
+    raw: pd.DataFrame, typed: pd.DataFrame, checks: RuleChecks, rules: list[RowRule], max_bad_row_share: float, empty: pd.DataFrame
+) -> ValidationResult:
+    """Accepted and quarantined rows by the checks' masks (raw, typed and masks share an index),
+    or the whole batch rejected when the rows with errors pass ``max_bad_row_share``."""
+    masks = checks.masks
+    counts = [RuleCount(r.name, r.level, r.description, int(masks[r.name].sum()), checks.ge_counts[r.name]) for r in rules]
+    errors = masks[[r.name for r in rules if r.level == "error"]].any(axis=1)
+    bad = masks.any(axis=1)
     if errors.mean() > max_bad_row_share:
         reason = f"{errors.mean():.1%} of rows have errors (more than {max_bad_row_share:.0%}): the producer looks broken"
-        return rejected(raw, [reason], empty, counts, ge_result)
+        return rejected(raw, [reason], empty, counts, checks.ge_result)
     quarantined = raw[bad.to_numpy()].copy()
     quarantined[REASON_COLUMN] = reason_strings(masks, bad)
     columns = [c for c in typed.columns if not c.startswith("_")]  # helper columns stay behind
@@ -197,20 +229,14 @@ def apply_rules(
         quarantined.reset_index(drop=True),
         [],
         counts,
-        ge_result,
+        checks.ge_result,
     )
 
 
-def _any(masks: dict[str, pd.Series], names: list[str], index: pd.Index) -> pd.Series:
-    if not names:
-        return pd.Series(False, index=index)
-    return pd.concat([masks[n] for n in names], axis=1).any(axis=1)
-
-
-def reason_strings(masks: dict[str, pd.Series], bad: pd.Series) -> np.ndarray:
+def reason_strings(masks: pd.DataFrame, bad: pd.Series) -> np.ndarray:
     """Each bad row's rule names, ';'-separated, in rule order."""
-    names = np.array(list(masks))
-    matrix = np.column_stack([m.to_numpy() for m in masks.values()])[bad.to_numpy()]
+    names = np.array(masks.columns)
+    matrix = masks.to_numpy()[bad.to_numpy()]
     return np.array([";".join(names[row]) for row in matrix], dtype=object)
 
 

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from flows.settings import Settings
-from flows.validate_landing import validate_landing
+from flows.validate_landing import validate_new_files
 from tasks.gates import judge_challenger
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
@@ -43,7 +43,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
             f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
             "bootstrap trains the first champion; new data goes through the continuous-training flow"
         )
-    outcomes = [BatchOutcome.of_validation(v) for v in validate_landing(settings)]
+    outcomes = [BatchOutcome.of_validation(v) for v in validate_new_files(settings)]
     data = assemble_training_data(settings, None, until)
     if data.rows < settings.min_new_rows:
         raise NotEnoughDataError(

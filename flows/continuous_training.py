@@ -7,7 +7,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from flows.settings import Settings
-from flows.validate_landing import validate_landing
+from flows.validate_landing import validate_new_files
 from tasks.gates import decide, judge_challenger
 from tasks.ingest import BatchValidation, find_undecided_batches, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
@@ -71,7 +71,7 @@ def continuous_training(settings: Settings | None = None) -> State:
         )
     # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.
     outcomes = [
-        BatchOutcome.of_validation(v) for v in validate_landing(settings) if v.kind == "catalog" or v.rows_accepted == 0
+        BatchOutcome.of_validation(v) for v in validate_new_files(settings) if v.kind == "catalog" or v.rows_accepted == 0
     ]
     # Every accepted batch without a decision, this run's and any an earlier run left.
     for validation in find_undecided_batches(settings):

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # Item ids that are not products (postage, bank charges, manual lines, gift vouchers). The
     # default names Online Retail's; set your own source's.
     non_product_item_pattern: str = r"^(?:POST|DOT|M|m|C2|D|S|B|BANK CHARGES|AMAZONFEE|CRUK|gift_0001_\d+)$"
+    # Large batches: check an interactions file's rows in this many partitions (by order) on a
+    # Dask cluster, the same split as in one piece (docs/scaling.md). 1: in the flow's process.
+    validation_partitions: int = Field(default=1, ge=1)
+    # The Dask scheduler the partitions go to (tcp://host:8786); empty: a local cluster of
+    # `validation_partitions` worker processes, started for the validation and closed after.
+    dask_address: str | None = None
 
     # --- drift and the update decision ----------------------------------------------------------
     # Evidently flags a column when its distance to the reference passes 0.1 (Wasserstein /

@@ -117,7 +117,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
     of every period (what the peers train on)."""
     from flows.bootstrap import bootstrap as bootstrap_flow
     from flows.continuous_training import continuous_training
-    from flows.validate_landing import validate_landing
+    from flows.validate_landing import validate_new_files
 
     home = work / policy
     if home.exists():
@@ -140,7 +140,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
 
     for period in tests:
         land(period, settings)
-        validate_landing(settings)
+        validate_new_files(settings)
         rows = _accepted_rows(settings, period)
         accepted[period.label] = rows
         champion = fetch_champion(settings)

@@ -11,13 +11,21 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.catalog import validate_catalog
 from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_PREFIX
-from data_checks.interactions import ContractLimits, read_landing_file, validate_interactions
+from data_checks.interactions import (
+    CheckPartitions,
+    ContractLimits,
+    PartitionChecks,
+    check_here,
+    check_partition,
+    read_landing_file,
+    validate_interactions,
+)
 from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult
 from flows.settings import Settings
@@ -125,8 +133,9 @@ def contract_limits(settings: Settings) -> ContractLimits:
     )
 
 
-def validate_file(landed: LandedFile, settings: Settings) -> BatchValidation:
-    """Validate one landed file, write its accepted rows, quarantine and reports, record the outcome."""
+def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions = check_here) -> BatchValidation:
+    """Validate one landed file, write its accepted rows, quarantine and reports, record the outcome.
+    An interactions file is checked in ``settings.validation_partitions`` partitions by ``check``."""
     try:
         raw, notes = read_landing_file(landed.path)
     except Exception as error:  # unreadable: keep the file as it came, say why
@@ -134,7 +143,7 @@ def validate_file(landed: LandedFile, settings: Settings) -> BatchValidation:
     if landed.kind == "catalog":
         result = validate_catalog(raw, settings.max_bad_row_share)
     else:
-        result = validate_interactions(raw, settings.max_bad_row_share, contract_limits(settings))
+        result = validate_interactions(raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check)
     return _write_outcome(landed, result, notes, settings)
 
 
@@ -231,9 +240,21 @@ def ingest_landing(settings: Settings) -> list[LandedFile]:
     return files
 
 
+@task(name="check-partition", cache_policy=NO_CACHE)
+def check_partition_task(raw: pd.DataFrame, limits: ContractLimits) -> PartitionChecks:
+    return check_partition(raw, limits)
+
+
+def check_on_task_runner(parts: list[pd.DataFrame], limits: ContractLimits) -> list[PartitionChecks]:
+    """Each partition a `check-partition` task on the flow's task runner (a Dask cluster)."""
+    futures = check_partition_task.map(parts, unmapped(limits))
+    return [future.result() for future in futures]
+
+
 @task(name="validate-batch", cache_policy=NO_CACHE)
 def validate_batch(landed: LandedFile, settings: Settings) -> BatchValidation:
-    result = validate_file(landed, settings)
+    partitioned = settings.validation_partitions > 1 and landed.kind == "interactions"
+    result = validate_file(landed, settings, check_on_task_runner if partitioned else check_here)
     get_run_logger().info(
         "%s: %s, %d in, %d accepted, %d quarantined%s", result.file_name, result.status, result.rows_in,
         result.rows_accepted, result.rows_quarantined, f" ({'; '.join(result.reasons)})" if result.reasons else "",

@@ -22,6 +22,14 @@ from flows.settings import Settings  # noqa: E402
 TINY_SHOP = ShopConfig(n_users=300, n_items=150, n_new_items=40, orders_per_week=500)
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_left_behind():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,
+    one test's store would become a later test's default, whichever tests ran before."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings scaled to TINY_SHOP (about 2.5k rows a week)."""
