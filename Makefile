@@ -35,11 +35,13 @@ backtest: $(INSTALLED)
 
 # A Prefect server (UI on 4200) and an MLflow tracking server (UI on 5000) on loopback, state
 # under .freshrec/servers/; runs in the foreground, Ctrl-C stops both. Then `make deploy` in
-# another shell.
+# another shell. MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER@HOST/DB puts MLflow's database
+# on PostgreSQL instead of SQLite.
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 servers: $(INSTALLED)
-	$(BIN)/python -m flows servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT)
+	$(BIN)/python -m flows servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+		$(if $(MLFLOW_BACKEND_STORE_URI),--mlflow-backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)')
 
 # Deploys every flow of prefect.yaml to the servers of `make servers`, then starts a process
 # worker in the foreground (it runs the scheduled and triggered flow runs; Ctrl-C stops it).

@@ -127,7 +127,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     from flows.servers import run
 
     state = Path(args.state_dir) if args.state_dir else _settings().home / "servers"
-    return run(state, args.prefect_port, args.mlflow_port)
+    return run(state, args.prefect_port, args.mlflow_port, args.mlflow_backend_store_uri)
 
 
 def _print_message(state) -> int:
@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--prefect-port", type=int, default=4200)
     srv.add_argument("--mlflow-port", type=int, default=5000)
     srv.add_argument("--state-dir", default=None, help="their databases, artifacts and logs (default: <home>/servers)")
+    srv.add_argument(
+        "--mlflow-backend-store-uri", default=None,
+        help="MLflow's database as a SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/mlflow (default: SQLite under the state dir)",
+    )
     srv.set_defaults(func=cmd_servers)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")

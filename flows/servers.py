@@ -53,13 +53,15 @@ def start_prefect(state: Path, port: int) -> Server:
     )
 
 
-def start_mlflow(state: Path, port: int) -> Server:
+def start_mlflow(state: Path, port: int, backend_store_uri: str | None = None) -> Server:
+    """``backend_store_uri``: any SQLAlchemy URL MLflow accepts (PostgreSQL at scale); default a
+    SQLite file under ``state``. Artifacts stay under ``state`` either way."""
     (state / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
     return _spawn(
         "mlflow",
         [
             _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{(state / 'mlflow.db').resolve()}",
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{(state / 'mlflow.db').resolve()}",
             "--artifacts-destination", str((state / "mlflow-artifacts").resolve()),
         ],
         _env(), state / "logs" / "mlflow-server.log",
@@ -96,9 +98,9 @@ def stop(server: Server, timeout: float = 30.0) -> None:
     server.process.wait()
 
 
-def run(state: Path, prefect_port: int, mlflow_port: int) -> int:
+def run(state: Path, prefect_port: int, mlflow_port: int, mlflow_backend_store_uri: str | None = None) -> int:
     """Start both servers, print where they are, and keep them until Ctrl-C or SIGTERM."""
-    servers = [start_prefect(state, prefect_port), start_mlflow(state, mlflow_port)]
+    servers = [start_prefect(state, prefect_port), start_mlflow(state, mlflow_port, mlflow_backend_store_uri)]
     stopping = False
 
     def on_signal(signum, frame) -> None:
