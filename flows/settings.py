@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     temperature: float = 0.1
     # "auto" takes CUDA when present; "cpu" or "cuda" force it.
     device: str = "auto"
+    # Data-parallel training: 1 trains in the task's process; N launches `torchrun` with N
+    # processes (one per GPU, NCCL; gloo on CPUs) from the training task. Same model, see
+    # models/distributed.py and docs/scaling.md.
+    train_processes: int = Field(default=1, ge=1)
     # Fixes initialisation, shuffling and samples, so a run can be repeated.
     seed: int = 0
 

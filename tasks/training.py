@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -276,7 +279,12 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
 
     key = training_key(data, champion, config)
     progress_path = settings.checkpoints_dir / f"training-{key}.pt"
-    recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
+    if settings.train_processes > 1:
+        recommender = train_with_torchrun(recommender, rows, data, settings, settings.checkpoints_dir / f"torchrun-{key}")
+        for record in recommender.history if on_epoch_end else []:
+            on_epoch_end(record)
+    else:
+        recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
     if validate is not None and recommender.model.args.repeat_slots:
         calibrate_repeat_weight(recommender, validate)
     seconds = time.perf_counter() - started
@@ -290,6 +298,35 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
         best_epoch=recommender.best_epoch,
         final_loss=recommender.history[-1]["loss"] if recommender.history else float("nan"),
     )
+
+
+def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: TrainingData, settings: Settings, work: Path) -> Recommender:
+    """Train under `torchrun` with ``settings.train_processes`` processes (models/distributed.py):
+    the prepared model, the rows and the held-out slice go to ``work``, the trained model comes
+    back. A re-run of the same job resumes from the launch's own per-epoch checkpoint."""
+    work.mkdir(parents=True, exist_ok=True)
+    prepared, out = recommender.save(work / "prepared.pt"), work / "trained.pt"
+    rows[["user_id", "item_id"]].to_parquet(work / "rows.parquet", index=False)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
+        "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
+    ]
+    if len(data.holdout):
+        data.holdout.to_parquet(work / "holdout.parquet", index=False)
+        pd.DataFrame({"user_id": data.eval_users.astype(str)}).to_parquet(work / "eval_users.parquet", index=False)
+        command += ["--holdout", str(work / "holdout.parquet"), "--eval-users", str(work / "eval_users.parquet")]
+    if recommender.config.device == "cpu":
+        command += ["--backend", "gloo"]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(
+            f"torchrun with {settings.train_processes} processes failed (exit {finished.returncode}): {' '.join(command)}\n"
+            f"{finished.stderr[-4000:]}"
+        )
+    trained = Recommender.load(out)
+    trained.config.device = recommender.config.device
+    shutil.rmtree(work)  # the trained model is in memory; the challenger file is written next
+    return trained
 
 
 def compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:

@@ -134,6 +134,26 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, shop, capl
     _assert_same_weights(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_the_training_task_under_torchrun_trains_the_model_one_process_does(tmp_path, shop, monkeypatch):
+    """settings.train_processes=2: fit launches torchrun (two gloo processes here, one per GPU on
+    a GPU host) and gets the single-process model back, early stopping and repeat weight included."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    fields = dict(scratch_epochs=3, batch_size=256, embedding_dim=16, use_title_text=False, device="cpu")
+    data = _training_data(shop)
+    data.new = data.new.iloc[: len(data.new) - len(data.new) % 256 + 128]  # the last batch splits evenly in two
+    one = fit(data, None, Settings(home=tmp_path / "one", **fields))
+    epochs = []
+    two = fit(data, None, Settings(home=tmp_path / "two", train_processes=2, **fields), on_epoch_end=epochs.append)
+    a, b = Recommender.load(one.checkpoint_path), Recommender.load(two.checkpoint_path)
+    assert [h["epoch"] for h in epochs] == [1, 2, 3]  # the launch's epochs reach the task's log
+    assert [h["loss"] for h in b.history] == pytest.approx([h["loss"] for h in a.history], rel=1e-3)
+    assert (two.epochs, two.best_epoch) == (one.epochs, one.best_epoch)
+    assert b.model.repeat_weight.item() == pytest.approx(a.model.repeat_weight.item())
+    _assert_same_weights(a, b, atol=1e-3)
+    assert not list((tmp_path / "two" / "checkpoints").glob("torchrun-*"))  # the launch's files are gone
+
+
 def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(shop):
     rows = pd.concat([shop.week(0), shop.week(1)], ignore_index=True)
     config = TrainConfig(epochs=10, batch_size=256, dim=16, patience=2, device="cpu")
