@@ -48,7 +48,8 @@ def start_prefect(state: Path, port: int) -> Server:
     home = state / "prefect"
     return _spawn(
         "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        _env(PREFECT_HOME=str(home)), state / "logs" / "prefect-server.log",
+        # The UI asks the API at PREFECT_UI_API_URL, which otherwise stays on port 4200.
+        _env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api"), state / "logs" / "prefect-server.log",
         f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}/api/health",
     )
 

@@ -389,9 +389,10 @@ def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings
         logger.info("epoch %d: %s", record["epoch"], ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
 
     challenger = fit(data, champion, settings, on_epoch_end=log_epoch)
+    launch = f" by {settings.train_processes} processes under torchrun" if settings.train_processes > 1 else ""
     logger.info(
-        "challenger (%s) trained in %.1fs: %d epochs, kept epoch %d",
-        challenger.init_from, challenger.train_seconds, challenger.epochs, challenger.best_epoch,
+        "challenger (%s) trained%s in %.1fs: %d epochs, kept epoch %d",
+        challenger.init_from, launch, challenger.train_seconds, challenger.epochs, challenger.best_epoch,
     )
     return challenger
 
