@@ -8,11 +8,13 @@ SQLAlchemy Core over any URL (SQLite by default, PostgreSQL at scale). Rows in =
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
+logger = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 batches = sa.Table(
@@ -38,9 +40,10 @@ batches = sa.Table(
     sa.Column("decision", sa.String(16), nullable=True),  # update | skip: what continuous training decided
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
-    # A file is registered once, even when two runs find it at the same moment.
-    sa.UniqueConstraint("file_name", "sha256", name="one_record_per_file"),
 )
+# A file is registered once, even when two runs find it at the same moment. An index, not a table
+# constraint, so `connect` can add it to a ledger created before it existed.
+one_record_per_file = sa.Index("one_record_per_file", batches.c.file_name, batches.c.sha256, unique=True)
 
 
 # Every move of a registry alias, in order. ``seq`` numbers the moves of one (model, alias) and is
@@ -110,6 +113,15 @@ def connect(url: str) -> sa.Engine:
         metadata.create_all(engine)
     except sa.exc.DatabaseError:  # another process created the tables between check and create
         metadata.create_all(engine)
+    try:
+        one_record_per_file.create(engine, checkfirst=True)  # a ledger from before the index
+    except sa.exc.IntegrityError:
+        logger.warning(
+            "the ledger at %s records some file twice (a race of an older version): two runs at once may "
+            "register a file twice until the duplicate rows are resolved", engine.url.render_as_string(hide_password=True),
+        )
+    except sa.exc.DatabaseError:  # another process created the index between check and create
+        pass
     return engine
 
 

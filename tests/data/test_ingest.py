@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import sqlalchemy
 
 from data_checks.contract import REASON_COLUMN
 from data_checks.sources.synthetic import SyntheticShop, write_weeks
@@ -152,3 +153,14 @@ def test_other_files_in_landing_are_left_alone(settings):
     (settings.landing_dir / "notes.txt").write_text("hello")
     (settings.landing_dir / "interactions-week000.csv.tmp").write_text("half written")
     assert find_new_files(settings) == []
+
+
+def test_a_ledger_from_before_the_file_index_gets_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    old = ledger.batches.to_metadata(sqlalchemy.MetaData())
+    old.indexes.clear()  # the table as versions before the index created it
+    old.create(sqlalchemy.create_engine(url))
+    engine = ledger.connect(url)
+    assert "one_record_per_file" in {index["name"] for index in sqlalchemy.inspect(engine).get_indexes("batches")}
+    assert ledger.record_received(engine, "interactions-a.csv", "0" * 64, 1, "interactions") == 1
+    assert ledger.record_received(engine, "interactions-a.csv", "0" * 64, 1, "interactions") is None
