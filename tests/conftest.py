@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import socket
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -20,6 +23,31 @@ from flows.settings import Settings  # noqa: E402
 
 # A shop small enough that a bootstrap and two updates run in seconds on two CPU cores.
 TINY_SHOP = ShopConfig(n_users=300, n_items=150, n_new_items=40, orders_per_week=500)
+# Settings scaled to TINY_SHOP (about 2.5k rows a week).
+TINY_SHOP_SETTINGS = dict(
+    volume_threshold_rows=4_000, min_new_rows=500, reference_sample_rows=5_000, scratch_epochs=6, finetune_epochs=3, batch_size=256,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def race(target: Callable, argument_lists: list[tuple], timeout: float = 300) -> list:
+    """Run ``target(barrier, results, *arguments)`` in one fresh interpreter per argument list,
+    all released at once by the barrier; returns what each put on ``results``."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared client state
+    barrier, results = context.Barrier(len(argument_lists)), context.Queue()
+    processes = [context.Process(target=target, args=(barrier, results, *arguments)) for arguments in argument_lists]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=timeout) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return outcomes
 
 
 @pytest.fixture(autouse=True)
@@ -32,19 +60,11 @@ def no_tracking_uri_left_behind():
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings scaled to TINY_SHOP (about 2.5k rows a week)."""
+    """Settings scaled to TINY_SHOP, in a home of the test's own."""
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,
     # one test's store would become the next test's default.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Settings(
-        home=tmp_path / "freshrec",
-        volume_threshold_rows=4_000,
-        min_new_rows=500,
-        reference_sample_rows=5_000,
-        scratch_epochs=6,
-        finetune_epochs=3,
-        batch_size=256,
-    )
+    return Settings(home=tmp_path / "freshrec", **TINY_SHOP_SETTINGS)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ crash losing a batch, an unreadable file vanishing, rows unaccounted for."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from data_checks.contract import REASON_COLUMN
 from data_checks.sources.synthetic import SyntheticShop, write_weeks
 from tasks import ledger
 from tasks.ingest import find_new_files, load_catalog, validate_file
-from tests.conftest import TINY_SHOP
+from tests.conftest import TINY_SHOP, race
 
 
 def ingest_all(settings):
@@ -76,15 +75,7 @@ def _find_at_barrier(barrier, results, settings) -> None:
 def test_two_runs_finding_the_same_files_at_once_register_each_file_once(settings):
     write_weeks(settings.landing_dir, range(0, 4), config=TINY_SHOP)
     ledger.connect(settings.ledger_url)  # the tables exist, as they do once a home has run
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(2), context.Queue()
-    runs = [context.Process(target=_find_at_barrier, args=(barrier, results, settings)) for _ in range(2)]
-    for run in runs:
-        run.start()
-    found = [results.get(timeout=120) for _ in runs]
-    for run in runs:
-        run.join(timeout=60)
-        assert run.exitcode == 0
+    found = race(_find_at_barrier, [(settings,), (settings,)], timeout=120)
     rows = ledger.all_batches(ledger.connect(settings.ledger_url))
     names = sorted(p.name for p in settings.landing_dir.iterdir())
     assert sorted(r.file_name for r in rows) == names  # one record per file, whoever registered it

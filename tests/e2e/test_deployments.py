@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,12 @@ import pytest
 from data_checks.sources.synthetic import write_weeks
 from flows.servers import Server, start_mlflow, start_prefect, stop, wait_ready
 from tasks import ledger
-from tests.conftest import TINY_SHOP
+from tests.conftest import TINY_SHOP, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,12 @@ from flows.servers import start_mlflow, stop, wait_ready
 from flows.settings import Settings
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
-from tests.conftest import TINY_SHOP
+from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin_dir() -> Path:
@@ -127,12 +121,7 @@ def test_registry_and_ledger_on_postgresql(postgres, mlflow_server, prefect_serv
         home=tmp_path / "freshrec",
         mlflow_tracking_uri=mlflow_server,
         ledger_url=postgres.url("ledger"),
-        volume_threshold_rows=4_000,
-        min_new_rows=500,
-        reference_sample_rows=5_000,
-        scratch_epochs=6,
-        finetune_epochs=3,
-        batch_size=256,
+        **TINY_SHOP_SETTINGS,
         # This test is about the stores, not the gate (tested in tests/code): a challenger that
         # reaches the value threshold always promotes, so version 2 exists on any machine.
         min_improvement=-1.0,
@@ -140,7 +129,8 @@ def test_registry_and_ledger_on_postgresql(postgres, mlflow_server, prefect_serv
         max_forgetting=1.0,
     )
     name = settings.registered_model_name
-    client = MlflowClient(mlflow_server)
+    # The registry named too: an earlier test of the session may have set the global registry URI.
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
 
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     state = bootstrap(settings, return_state=True)

@@ -9,7 +9,6 @@ the server users deploy.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -31,7 +30,7 @@ from tasks.gates import promotion_verdict
 from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
 from tasks.tracking import fetch_champion
 from tasks.training import assemble, compare, fit, remember_holdout
-from tests.conftest import TINY_SHOP
+from tests.conftest import TINY_SHOP, race
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -71,18 +70,7 @@ def test_two_challengers_against_one_champion_promote_once(settings, prefect_ser
     assert champion.version == "1"
     runs = [challenger_run(settings, champion, seed) for seed in (1, 2)]
 
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared client state
-    barrier, results = context.Barrier(2), context.Queue()
-    racers = [
-        context.Process(target=_race, args=(barrier, results, settings, run_id, uri, champion, tags, data.batch_ids))
-        for run_id, uri, data, tags in runs
-    ]
-    for racer in racers:
-        racer.start()
-    outcomes = [results.get(timeout=300) for _ in racers]
-    for racer in racers:
-        racer.join(timeout=60)
-        assert racer.exitcode == 0
+    outcomes = race(_race, [(settings, run_id, uri, champion, tags, data.batch_ids) for run_id, uri, data, tags in runs])
 
     winners = [o for o in outcomes if o[1] is not None]
     losers = [o for o in outcomes if o[1] is None]

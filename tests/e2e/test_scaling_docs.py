@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from flows.servers import start_prefect, stop, wait_ready
-from tests.e2e.test_deployments import BIN, REPO, free_port, get_json
+from tests.conftest import free_port
+from tests.e2e.test_deployments import BIN, REPO, get_json
 
 pytestmark = pytest.mark.slow
 SAME = ("name", "entrypoint", "tags", "schedules", "concurrency_limit", "enforce_parameter_schema", "parameters")
