@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -303,7 +304,7 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
 def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: TrainingData, settings: Settings, work: Path) -> Recommender:
     """Train under `torchrun` with ``settings.train_processes`` processes (models/distributed.py):
     the prepared model, the rows and the held-out slice go to ``work``, the trained model comes
-    back. A re-run of the same job resumes from the launch's own per-epoch checkpoint."""
+    back. The launch's output (rank 0's progress bar and epochs) is passed through as it comes."""
     work.mkdir(parents=True, exist_ok=True)
     prepared, out = recommender.save(work / "prepared.pt"), work / "trained.pt"
     rows[["user_id", "item_id"]].to_parquet(work / "rows.parquet", index=False)
@@ -317,11 +318,15 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
         command += ["--holdout", str(work / "holdout.parquet"), "--eval-users", str(work / "eval_users.parquet")]
     if recommender.config.device == "cpu":
         command += ["--backend", "gloo"]
-    finished = subprocess.run(command, capture_output=True, text=True)
-    if finished.returncode != 0:
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as launch:
+        for line in launch.stdout:
+            sys.stderr.write(line)
+            tail.append(line)
+    if launch.returncode != 0:
         raise RuntimeError(
-            f"torchrun with {settings.train_processes} processes failed (exit {finished.returncode}): {' '.join(command)}\n"
-            f"{finished.stderr[-4000:]}"
+            f"torchrun with {settings.train_processes} processes failed (exit {launch.returncode}): {' '.join(command)}\n"
+            + "".join(tail)
         )
     trained = Recommender.load(out)
     trained.config.device = recommender.config.device
