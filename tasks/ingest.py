@@ -267,7 +267,10 @@ def find_undecided_batches(settings: Settings) -> list[BatchValidation]:
     return undecided(settings)
 
 
-@task(name="record-decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# No retries: the claim is not idempotent; a retry after a commit whose answer was lost would
+# read its own claim as another run's. A failed claim fails the batch's subflow, and the next run
+# decides the batch again.
+@task(name="record-decision", cache_policy=NO_CACHE)
 def record_decision(settings: Settings, batch_id: int, update: bool) -> bool:
     """Claim the batch's decision; False when a run working at the same time decided it first."""
     return ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip")
