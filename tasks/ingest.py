@@ -268,8 +268,8 @@ def find_undecided_batches(settings: Settings) -> list[BatchValidation]:
 
 
 # No retries: the claim is not idempotent; a retry after a commit whose answer was lost would
-# read its own claim as another run's. A failed claim fails the batch's subflow, and the next run
-# decides the batch again.
+# read its own claim as another run's. A failed claim fails the batch's subflow; the next run
+# decides the batch again, or, if the claim had committed, its rows join the next update.
 @task(name="record-decision", cache_policy=NO_CACHE)
 def record_decision(settings: Settings, batch_id: int, update: bool) -> bool:
     """Claim the batch's decision; False when a run working at the same time decided it first."""
