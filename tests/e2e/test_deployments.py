@@ -166,7 +166,9 @@ def test_two_deployment_runs_at_once_take_turns(deployed):
     """The daily deployment's concurrency_limit of 1: a second run waits for the first."""
     moves_before = len(moves_and_batches(deployed.home)[0])
     write_weeks(deployed.home / "landing", range(2, 3), config=TINY_SHOP)
-    first, second = (deployed.run_deployment("continuous-training/continuous-training-daily") for _ in range(2))
+    # Through the API, a moment apart, so one poll of the worker finds both.
+    deployment = get_json(f"{deployed.prefect_api}/deployments/name/continuous-training/continuous-training-daily")
+    first, second = (get_json(f"{deployed.prefect_api}/deployments/{deployment['id']}/create_flow_run", {})["id"] for _ in range(2))
     runs = sorted((deployed.wait(first), deployed.wait(second)), key=lambda run: run["start_time"])
     assert runs[0]["end_time"] <= runs[1]["start_time"], "the two runs overlapped"
     states = [
