@@ -101,7 +101,8 @@ def stop(server: Server, timeout: float = 30.0) -> None:
 
 def run(state: Path, prefect_port: int, mlflow_port: int, mlflow_backend_store_uri: str | None = None) -> int:
     """Start both servers, print where they are, and keep them until Ctrl-C or SIGTERM."""
-    servers = [start_prefect(state, prefect_port), start_mlflow(state, mlflow_port, mlflow_backend_store_uri)]
+    prefect, mlflow = start_prefect(state, prefect_port), start_mlflow(state, mlflow_port, mlflow_backend_store_uri)
+    servers = [prefect, mlflow]
     stopping = False
 
     def on_signal(signum, frame) -> None:
@@ -112,8 +113,8 @@ def run(state: Path, prefect_port: int, mlflow_port: int, mlflow_backend_store_u
     try:
         for server in servers:
             wait_ready(server)
-        print(f"Prefect UI and API: http://127.0.0.1:{prefect_port}   (export PREFECT_API_URL={servers[0].url})")
-        print(f"MLflow UI and API:  {servers[1].url}   (export MLFLOW_TRACKING_URI={servers[1].url})")
+        print(f"Prefect UI and API: http://127.0.0.1:{prefect_port}   (export PREFECT_API_URL={prefect.url})")
+        print(f"MLflow UI and API:  {mlflow.url}   (export MLFLOW_TRACKING_URI={mlflow.url})")
         print(f"State and logs under {state}; Ctrl-C stops both.", flush=True)
         while not stopping:
             for server in servers:

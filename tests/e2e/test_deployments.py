@@ -88,16 +88,18 @@ def deployed(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
     started: list[Server] = []
     try:
-        started.append(start_prefect(tmp / "servers", free_port()))
-        started.append(start_mlflow(tmp / "servers", free_port()))
+        prefect = start_prefect(tmp / "servers", free_port())
+        started.append(prefect)
+        mlflow = start_mlflow(tmp / "servers", free_port())
+        started.append(mlflow)
         for server in started:
             wait_ready(server, timeout=180)
         env |= {
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PREFECT_API_URL": started[0].url,
+            "PREFECT_API_URL": prefect.url,
             "PREFECT_HOME": str(tmp / "prefect-client"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_TRACKING_URI": started[1].url,
+            "MLFLOW_TRACKING_URI": mlflow.url,
             "FRESHREC_HOME": str(home),
             "FRESHREC_MIN_NEW_ROWS": "500",
             "FRESHREC_SCRATCH_EPOCHS": "3",
@@ -105,7 +107,7 @@ def deployed(tmp_path_factory):
             # A tiny shop's week (about 2.5k rows) is enough new data to update on.
             "FRESHREC_VOLUME_THRESHOLD_ROWS": "2000",
         }
-        deployed = Deployed(started[0].url, started[1].url, home, env, tmp / "servers" / "logs")
+        deployed = Deployed(prefect.url, mlflow.url, home, env, tmp / "servers" / "logs")
         deployed.prefect("work-pool", "create", "freshrec-process", "--type", "process", "--overwrite")
         deployed.prefect("--no-prompt", "deploy", "--all")
         with open(deployed.logs / "worker.log", "w") as worker_log:

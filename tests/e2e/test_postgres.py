@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 
 
-
 def postgres_bin_dir() -> Path:
     """The newest installed PostgreSQL's bin directory (Debian keeps one per major version)."""
     found = [p.parent for p in POSTGRES_ROOT.glob("*/bin/pg_ctl") if p.parent.parent.name.isdigit()]
