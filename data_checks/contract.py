@@ -29,6 +29,13 @@ CATALOG_PREFIX = "catalog"
 # The column the quarantine adds to every bad row: the rules it broke, ";"-separated.
 REASON_COLUMN = "quarantine_reason"
 
+# How exports write "no value" in a text column (SQL NULL, Python None, pandas NaN and <NA>,
+# R and spreadsheet NA, N/A, #N/A). An id or country that is one of these, in any case once
+# stripped, is missing rather than a real id: without this, user "NULL" is trained on as one
+# customer. The price of the rule: a shop whose country column holds ISO codes loses Namibia
+# ("NA") to `country_present`.
+NULL_MARKERS: tuple[str, ...] = ("NULL", "None", "NaN", "NA", "N/A", "#N/A", "<NA>")
+
 
 def empty_interactions() -> pd.DataFrame:
     """No rows, the contract's columns and types: what concatenating nothing should give."""

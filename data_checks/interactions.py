@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from data_checks.contract import INTERACTION_COLUMNS, OPTIONAL_INTERACTION_COLUMNS, empty_interactions
+from data_checks.contract import INTERACTION_COLUMNS, NULL_MARKERS, OPTIONAL_INTERACTION_COLUMNS, empty_interactions
 from data_checks.rules import (
     RowRule,
     RuleChecks,
@@ -34,6 +35,19 @@ from data_checks.rules import (
 NUMERIC_COLUMNS = ("quantity", "price")
 # A column where more than this share of the values does not parse has the wrong type.
 WRONG_TYPE_SHARE = 0.5
+ID_COLUMNS = ("user_id", "item_id", "order_id", "country")
+# Where a byte the file's encoding could not decode shows (read_landing_file replaces it).
+TEXT_COLUMNS = (*ID_COLUMNS, "event_type")
+REPLACEMENT_CHARACTER = "\ufffd"
+_NULL_MARKER_KEYS = frozenset(marker.casefold() for marker in NULL_MARKERS)
+# A quantity is a count, so it must be exact: a float64 holds every whole number below 2**53
+# exactly. Past that (1e30, 2**63, inf) it is no count a shop sends, and Int64 would wrap 2**63
+# round to a negative number, which the contract would take for a cancellation.
+MAX_EXACT_QUANTITY = 2**53
+# The UTC offset of an ISO 8601 timestamp ("Z", "+01:00", "-0500", " +01") comes after the time
+# of day, which comes after "T" or a space; a date alone has none (in "2011-01-04", "-04" is the
+# day). Matched on stripped text, it finds every offset pandas' ISO 8601 parser reads.
+UTC_OFFSET = r"[T ][^+-]*(?:[+-]|Z$)"
 
 
 @dataclass(frozen=True)
@@ -53,8 +67,11 @@ def row_rules(limits: ContractLimits) -> list[RowRule]:
         not_null("item_id_present", "item_id", "error", "no item id"),
         not_null("order_id_present", "order_id", "error", "no order id"),
         not_null("country_present", "country", "error", "no country"),
+        between("text_encoding", "_undecodable", "error", "bytes that are not valid in the file's encoding (shown as U+FFFD)",
+                max_value=0),
         not_null("event_time_present", "event_time", "error", "no event time, or one that does not parse"),
-        not_null("quantity_present", "quantity", "error", "no quantity, or not a whole number"),
+        not_null("quantity_present", "quantity", "error",
+                 "no quantity, or not a whole number (a fraction, infinite, or 2**53 or more in magnitude)"),
         not_null("price_present", "price", "error", "no price, or not a number (NaN included)"),
         between("event_time_in_window", "event_time", "error", "dated in the future or before the data's epoch",
                 min_value=limits.earliest, max_value=limits.now),
@@ -103,25 +120,96 @@ def read_landing_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 def coerce(raw: pd.DataFrame) -> pd.DataFrame:
     """Typed columns of the contract, plus the helper columns some rules read (names start
-    with "_"). Values that do not parse become null, and fail a *_present rule."""
+    with "_"). Values that do not parse become null, and fail a *_present rule.
+
+    How the text becomes values:
+    - an id or the country is the text as written, stripped of surrounding whitespace; empty,
+      or a null marker ("NULL", "N/A", ... in any case: contract.NULL_MARKERS), it is missing.
+    - a quantity is a whole number below 2**53 in magnitude, in any notation: "1e3" and
+      "1000.0" are 1000. A fraction, NaN, infinity or anything larger does not parse.
+    - a price is any number ("inf" is, and fails price_plausible); NaN, or a number too large
+      for a float64 ("1e400"), does not parse.
+    - an event time is ISO 8601, read value by value: one with a UTC offset is converted to UTC,
+      one without is taken to be UTC already (`naive_time_count` counts those for a note).
+    Each distinct value is parsed once (see `distinct_values`).
+    """
+    text = {column: distinct_values(raw[column]) for column in raw.columns}
+
+    def per_row(column: str, parse: Callable[[pd.Series], pd.Series]) -> pd.Series:
+        codes, values = text[column]
+        return spread(parse(values), codes, raw.index)
+
     typed = pd.DataFrame(index=raw.index)
-    for column in ("user_id", "item_id", "order_id", "country"):
-        typed[column] = raw[column].str.strip().replace("", pd.NA).astype("string")
-    typed["event_time"] = pd.to_datetime(raw["event_time"], utc=True, errors="coerce", format="ISO8601")
-    quantity = pd.to_numeric(raw["quantity"], errors="coerce")
-    # A fractional quantity is not a count: treat it as unparseable.
-    typed["quantity"] = quantity.where(quantity.isna() | (quantity == quantity.round())).astype("Int64")
-    price = pd.to_numeric(raw["price"], errors="coerce").astype("float64")
-    typed["price"] = pd.Series(price, index=raw.index).astype("Float64")
+    for column in ID_COLUMNS:
+        typed[column] = per_row(column, _ids)
+    typed["event_time"] = per_row("event_time", lambda values: _utc_times(values)[0])
+    typed["quantity"] = per_row("quantity", _counts)
+    typed["price"] = per_row("price", lambda values: pd.to_numeric(values, errors="coerce").astype("float64").astype("Float64"))
     if "event_type" in raw.columns:
         typed["event_type"] = raw["event_type"].astype("string")
     # The order's size as it arrived, kept with accepted rows: quarantining some lines must not
     # make the accepted baskets look smaller (drift monitors basket size).
     typed["order_lines"] = typed.groupby("order_id", dropna=False)["order_id"].transform("size").astype("int64")
-    # Helpers: how many users an order names, and the nth repeat of an identical raw row.
+    # Helpers: how many users an order names, how many text values of the row hold a byte the
+    # file's encoding could not decode, and the nth repeat of an identical raw row.
     typed["_order_users"] = typed.groupby("order_id", dropna=True)["user_id"].transform("nunique").fillna(0).astype("int64")
-    typed["_repeat"] = raw.fillna("\x00").groupby(list(raw.columns), sort=False).cumcount().astype("int64")
+    undecodable = [
+        per_row(column, lambda values: values.str.contains(REPLACEMENT_CHARACTER, regex=False)).fillna(False).astype("int64")
+        for column in TEXT_COLUMNS if column in raw.columns
+    ]
+    typed["_undecodable"] = sum(undecodable).astype("int64")
+    row_codes = pd.DataFrame({column: codes for column, (codes, _) in text.items()}, index=raw.index)
+    typed["_repeat"] = row_codes.groupby(list(row_codes.columns), sort=False).cumcount().astype("int64")
     return typed
+
+
+def distinct_values(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """A column's distinct values and, for each row, the position of its value among them (-1
+    where missing). A batch repeats its values (a customer's id, an order's time, a few dozen
+    quantities): parsing each once is faster, and a value reads the same whatever rows it
+    arrives with, so the partitions of a batch are typed as the whole batch is."""
+    codes, uniques = pd.factorize(values)
+    return codes, pd.Series(uniques, dtype=values.dtype)
+
+
+def spread(per_value: pd.Series, codes: np.ndarray, index: pd.Index) -> pd.Series:
+    """Results per distinct value back on the rows; a missing value's row gets a missing result."""
+    return pd.Series(per_value.array.take(codes, allow_fill=True), index=index)
+
+
+def _ids(values: pd.Series) -> pd.Series:
+    stripped = values.str.strip()
+    return stripped.mask((stripped == "") | stripped.str.casefold().isin(_NULL_MARKER_KEYS))
+
+
+def _counts(values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    exact = (numbers == numbers.round()) & (numbers.abs() < MAX_EXACT_QUANTITY)
+    return numbers.where(exact).astype("Int64")
+
+
+def _utc_times(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """ISO 8601 text as UTC times, and which values carry no offset (read as UTC).
+
+    The two kinds are parsed apart: in one call, pandas (2.3, utc=True, format="ISO8601") gives
+    a value without an offset the offset of the value before it.
+    """
+    stripped = values.str.strip()
+    offset = stripped.str.contains(UTC_OFFSET, regex=True).fillna(False).astype(bool)
+    times = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    for kind in (offset, ~offset):
+        if kind.any():
+            times[kind] = pd.to_datetime(stripped[kind], utc=True, errors="coerce", format="ISO8601")
+    return times, ~offset
+
+
+def naive_time_count(raw: pd.DataFrame) -> int:
+    """How many rows have an event_time that parses but carries no UTC offset: `coerce` reads
+    those as UTC, and the batch's notes should say so."""
+    codes, values = distinct_values(raw["event_time"])
+    times, naive = _utc_times(values)
+    naive_and_read = (naive & times.notna()).to_numpy()
+    return int(naive_and_read[codes[codes >= 0]].sum())
 
 
 @dataclass(frozen=True)
@@ -156,7 +244,7 @@ def wrong_type_columns(counts: dict[str, ParseCount]) -> list[str]:
     problems = []
     for column, count in counts.items():
         if count.present and count.failed / count.present > WRONG_TYPE_SHARE:
-            kind = "a timestamp" if column == "event_time" else "numeric"
+            kind = {"event_time": "a timestamp", "quantity": "a whole number"}.get(column, "numeric")
             problems.append(
                 f"column {column} is not {kind}: {count.failed:,} of {count.present:,} values do not parse (e.g. {count.example!r})"
             )
@@ -191,14 +279,41 @@ def check_here(parts: list[pd.DataFrame], limits: ContractLimits) -> list[Partit
     return [check_partition(part, limits) for part in parts]
 
 
+# Earlier batches holding a row: for each typed row, the ledger id of an earlier batch that
+# accepted the same row, or 0 (tasks/ingest.py looks them up in the ledger's bounded index).
+EarlierBatches = Callable[[pd.DataFrame], pd.Series]
+FINGERPRINT_COLUMNS = ("user_id", "item_id", "event_time", "quantity", "price", "order_id", "country", "event_type")
+
+
+def row_fingerprints(typed: pd.DataFrame) -> pd.Series:
+    """A 64-bit fingerprint of each row's contract values (as typed, so the same row written as
+    CSV or Parquet, or with another time format, has the same one), as int64."""
+    columns = [c for c in FINGERPRINT_COLUMNS if c in typed.columns]
+    hashed = pd.util.hash_pandas_object(typed[columns], index=False)
+    return pd.Series(hashed.to_numpy().view(np.int64), index=typed.index)
+
+
+def earlier_batch_rule() -> RowRule:
+    return between(
+        "duplicate_of_earlier_batch", "_earlier_batch", "policy",
+        "the same row was accepted from an earlier file (overlapping exports): kept once", max_value=0,
+    )
+
+
 def validate_interactions(
-    raw: pd.DataFrame, max_bad_row_share: float, limits: ContractLimits, partitions: int = 1, check: CheckPartitions = check_here
+    raw: pd.DataFrame,
+    max_bad_row_share: float,
+    limits: ContractLimits,
+    partitions: int = 1,
+    check: CheckPartitions = check_here,
+    earlier: EarlierBatches | None = None,
 ) -> ValidationResult:
     """Split a raw batch into accepted and quarantined rows, or reject it whole.
 
     With ``partitions`` > 1 the row checks run per partition (by order, see `partition_by_order`)
     through ``check``, which may run them anywhere (tasks/ingest.py submits them to the flow's
-    task runner: a Dask cluster); the split is the same as with one partition.
+    task runner: a Dask cluster); the split is the same as with one partition. With ``earlier``,
+    rows an earlier batch accepted already are quarantined as `duplicate_of_earlier_batch`.
     """
     reasons, ge_result = schema_problems(
         raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS], "interactions"
@@ -219,5 +334,9 @@ def validate_interactions(
     if wrong_types:
         return rejected(raw, wrong_types, empty_interactions())
     typed = pd.concat([p.typed for p in parts]).sort_index() if len(parts) > 1 else parts[0].typed
-    checks = RuleChecks.merge([p.checks for p in parts])
-    return split_rows(raw, typed, checks, row_rules(limits), max_bad_row_share, empty_interactions())
+    checks, rules = RuleChecks.merge([p.checks for p in parts]), row_rules(limits)
+    if earlier is not None:
+        # Across batches, so after the partitions (which see one batch each), on the whole batch.
+        seen = pd.DataFrame({"_earlier_batch": earlier(typed).astype("int64")}, index=typed.index)
+        checks, rules = checks.join(check_rules(seen, [earlier_batch_rule()], "interactions-history")), [*rules, earlier_batch_rule()]
+    return split_rows(raw, typed, checks, rules, max_bad_row_share, empty_interactions())

@@ -193,6 +193,17 @@ class RuleChecks:
         return cls(masks, counts, result)
 
 
+    def join(self, other: "RuleChecks") -> "RuleChecks":
+        """These checks and ``other``'s (other rules, the same rows) as one."""
+        masks = pd.concat([self.masks, other.masks.reindex(self.masks.index)], axis=1)
+        result = {
+            **self.ge_result,
+            "success": bool(self.ge_result.get("success")) and bool(other.ge_result.get("success")),
+            "results": [*self.ge_result.get("results", []), *other.ge_result.get("results", [])],
+        }
+        return RuleChecks(masks, {**self.ge_counts, **other.ge_counts}, result)
+
+
 def check_rules(typed: pd.DataFrame, rules: list[RowRule], suite_name: str) -> RuleChecks:
     """Run the suite through Great Expectations and the rules as masks over every row."""
     masks = pd.DataFrame({rule.name: rule.broken(typed) for rule in rules}, index=typed.index)

@@ -11,10 +11,10 @@ from pathlib import Path
 DEMO_MARKER = "DEMO"
 
 
-def _settings():
+def _settings(**overrides):
     from flows.settings import Settings
 
-    return Settings()
+    return Settings(**overrides)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -48,18 +48,35 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from tasks import ledger
 
     settings = _settings()
-    rows = ledger.all_batches(ledger.connect(settings.ledger_url))
+    engine = ledger.connect(settings.ledger_url)
+    if args.retry is not None:
+        if not ledger.retry_batch(engine, args.retry):
+            print(f"error: batch {args.retry} is not failed or parked: nothing to re-open", file=sys.stderr)
+            return 2
+        print(f"batch {args.retry} re-opened: the next continuous-training run updates on it again")
+        return 0
+    rows = ledger.all_batches(engine)
     if args.json:
         for row in rows:
             print(json.dumps(row.__dict__, default=str))
         return 0
-    table = [("id", "file", "status", "in", "accepted", "quarantined", "model", "reasons")]
+    table = [("id", "file", "status", "in", "accepted", "quarantined", "update", "model", "reasons")]
     for r in rows:
-        reasons = r.reasons if len(r.reasons) <= 60 else r.reasons[:57] + "..."
-        table.append((str(r.id), r.file_name, r.status, f"{r.rows_in:,}", f"{r.rows_accepted:,}", f"{r.rows_quarantined:,}", r.consumed_by_version or "-", reasons))
+        reasons = "; ".join(filter(None, [r.reasons, r.update_error and f"update: {r.update_error}"]))
+        reasons = reasons if len(reasons) <= 60 else reasons[:57] + "..."
+        update = r.decision or "-"
+        if r.decision in ("update", "failed", "parked"):
+            update += f" ({r.update_attempts}x)"
+        table.append((
+            str(r.id), r.file_name, r.status, f"{r.rows_in:,}", f"{r.rows_accepted:,}", f"{r.rows_quarantined:,}", update,
+            r.consumed_by_version or "-", reasons,
+        ))
     _print_table(table)
     totals = [sum(getattr(r, f) for r in rows if r.kind == "interactions") for f in ("rows_in", "rows_accepted", "rows_quarantined")]
     print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
+    stuck = [r for r in rows if r.decision in ("failed", "parked")]
+    if stuck:
+        print(f"{len(stuck)} batch(es) whose update failed: " + ", ".join(f"{r.id} {r.file_name} ({r.decision})" for r in stuck), file=sys.stderr)
     return 0
 
 
@@ -139,10 +156,10 @@ def _print_message(state) -> int:
     return 0
 
 
-def _run_flow(flow_fn, as_json: bool, **parameters) -> int:
+def _run_flow(flow_fn, as_json: bool, settings=None, **parameters) -> int:
     from tasks.report import format_table, in_landing_order
 
-    state = flow_fn(settings=_settings(), return_state=True, **parameters)
+    state = flow_fn(settings=settings or _settings(), return_state=True, **parameters)
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         return 1
@@ -159,13 +176,13 @@ def _run_flow(flow_fn, as_json: bool, **parameters) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from flows.bootstrap import bootstrap
 
-    return _run_flow(bootstrap, args.json, until=args.until)
+    return _run_flow(bootstrap, args.json, getattr(args, "settings", None), until=args.until)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.continuous_training import continuous_training
 
-    return _run_flow(continuous_training, args.json)
+    return _run_flow(continuous_training, args.json, getattr(args, "settings", None))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -192,14 +209,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (home / DEMO_MARKER).write_text("created by `python -m flows demo`; the next demo deletes this directory\n")
 
     generate = argparse.Namespace(landing_dir=None, seed=args.seed, drift_from_week=6, bad_rows_week=[3], broken_week=[4])
+    # The demo writes whole files into landing/ (each renamed into place) and runs at once.
+    landed_whole = _settings(landing_settle_seconds=0)
     print("\n== 1. Two weeks of orders land; bootstrap trains the first champion")
     cmd_generate(argparse.Namespace(**vars(generate), start_week=0, weeks=2))
-    if cmd_bootstrap(argparse.Namespace(json=False, until=None)):
+    if cmd_bootstrap(argparse.Namespace(json=False, until=None, settings=landed_whole)):
         return 1
     print("\n== 2. Six more weeks land (week 3 has bad rows, week 4 a renamed column, week 6 drifts);")
     print("==    continuous training processes them in order")
     cmd_generate(argparse.Namespace(**vars(generate), start_week=2, weeks=6))
-    return cmd_run(argparse.Namespace(json=False))
+    return cmd_run(argparse.Namespace(json=False, settings=landed_whole))
 
 
 def _utc_time(text: str):
@@ -243,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     led = sub.add_parser("ledger", help="print the ledger: every landed file and what became of it")
     led.add_argument("--json", action="store_true", help="one JSON object per file")
+    led.add_argument("--retry", type=int, default=None, metavar="ID", help="re-open a failed or parked batch for the next run")
     led.set_defaults(func=cmd_ledger)
 
     hist = sub.add_parser("history", help="print every move of the champion alias: when, from, to, why, which run")

@@ -9,7 +9,7 @@ from prefect.states import Completed, State
 from flows.settings import Settings
 from flows.validate_landing import validate_new_files
 from tasks.gates import decide, judge_challenger
-from tasks.ingest import BatchValidation, find_undecided_batches, record_decision
+from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
 from tasks.registry import log_training_run, register_champion
 from tasks.report import BatchOutcome, publish_report
@@ -52,12 +52,15 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
         outcome.promoted, outcome.champion_version = registration.version is not None, registration.version or champion.version
         if registration.version is None:
             outcome.reasons.append(f"not promoted: {registration.reason}")
+    finish_update(settings, validation.batch_id)
     return outcome
 
 
 @flow(name="continuous-training")
 def continuous_training(settings: Settings | None = None) -> State:
-    """Process every new landing file, oldest first, and say what was decided and why.
+    """Process every new landing file, oldest first, and say what was decided and why. A batch
+    whose update fails is recorded as failed (tried again by later runs, then parked) and the
+    run goes on; the run fails only when the pipeline cannot work (no champion, ledger or MLflow).
 
     Args:
         settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
@@ -73,8 +76,10 @@ def continuous_training(settings: Settings | None = None) -> State:
     outcomes = [
         BatchOutcome.of_validation(v) for v in validate_new_files(settings) if v.kind == "catalog" or v.rows_accepted == 0
     ]
-    # Every accepted batch without a decision, this run's and any an earlier run left.
+    # Every accepted batch without a decision, this run's and any an earlier run left or failed on.
+    # One batch's failure is recorded and the run goes on; only a pipeline that cannot work stops it.
     for validation in find_undecided_batches(settings):
-        outcomes.append(update_on_batch(validation, settings))
+        state = update_on_batch(validation, settings, return_state=True)
+        outcomes.append(state.result() if state.is_completed() else record_batch_failure(settings, validation, state.message or state.name))
     summary = publish_report("Continuous training", outcomes)
     return Completed(message=summary, data=outcomes)

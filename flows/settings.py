@@ -45,7 +45,19 @@ class Settings(BaseSettings):
     # Serving reads the model behind this alias; only a promotion moves it.
     champion_alias: str = "champion"
 
-    # --- validation -------------------------------------------------------------------------
+    # --- landing and validation -------------------------------------------------------------
+    # A landing file is taken once it has not changed (mtime and ctime) for this many seconds, so
+    # a file still being copied in is never read half-written. 0 takes every file at once (fine
+    # when producers write elsewhere and rename into landing/, as `python -m flows` commands do).
+    landing_settle_seconds: float = Field(default=30.0, ge=0)
+    # The text encoding of CSV landing files. A byte that is not valid in it is shown as U+FFFD
+    # and the row quarantined as an error (one bad byte never re-reads a whole file another way).
+    landing_encoding: str = "utf-8"
+    # Accepted rows are remembered (a 64-bit fingerprint per row, in the ledger) for this many
+    # days of event time behind the newest event, so a row that lands again in a later file
+    # (overlapping exports) is quarantined as `duplicate_of_earlier_batch`. Rows older than the
+    # window are not checked. 0 turns the check off.
+    duplicate_window_days: int = Field(default=35, ge=0)
     # More bad rows than this share means the producer is broken, not the rows: reject the batch.
     max_bad_row_share: float = 0.2
     # Events dated before this are from a misconfigured clock or a wrong file.
@@ -84,6 +96,15 @@ class Settings(BaseSettings):
     min_new_rows: int = 1_000
     # Rows kept with each champion as the drift reference; bounded so drift costs O(batch).
     reference_sample_rows: int = 20_000
+
+    # --- one batch's update -------------------------------------------------------------------
+    # A run holds its claim on a batch's update for this long and renews it after every training
+    # epoch; a claim not renewed in time (its run was killed) lapses and a later run resumes the
+    # batch, from the last finished epoch.
+    batch_lease_seconds: float = Field(default=1800.0, gt=0)
+    # A batch whose update failed (or whose run died) is tried again by later runs this many
+    # times in all, then parked with its reason (`python -m flows ledger --retry ID` re-opens it).
+    max_batch_attempts: int = Field(default=3, ge=1)
 
     # --- training -----------------------------------------------------------------------------
     # Where an update's weights start: "champion" warm-starts from the production model (the

@@ -6,14 +6,18 @@ from prefect import flow
 from prefect.task_runners import TaskRunner
 
 from flows.settings import Settings
-from tasks.ingest import BatchValidation, ingest_landing, publish_validation, validate_batch
+from tasks.ingest import BatchValidation, ingest_landing, publish_validation, validate_batch, validation_failed
 
 
 @flow(name="validate-landing")
 def validate_landing(settings: Settings) -> list[BatchValidation]:
     validations = []
     for landed in ingest_landing(settings):
-        validation = validate_batch(landed, settings)
+        state = validate_batch(landed, settings, return_state=True)
+        if not state.is_completed():  # the file stays `received`: the next run validates it again
+            validations.append(validation_failed(landed, state.message or state.name))
+            continue
+        validation = state.result()
         publish_validation(validation, settings)
         validations.append(validation)
     return validations

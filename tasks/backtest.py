@@ -81,6 +81,7 @@ def policy_settings(base: Settings, policy: str, home: Path) -> Settings:
     """``base`` with its own state under ``home`` and the policy's update rule."""
     values = base.model_dump(exclude={*DERIVED, "home", "ledger_url", "mlflow_tracking_uri"})
     values |= {
+        "landing_settle_seconds": 0,  # the backtest lands each period's files itself, whole, before it runs
         "home": home,
         "ledger_url": f"sqlite:///{(home / 'ledger.db').resolve()}",
         "mlflow_tracking_uri": f"sqlite:///{(home / 'mlflow.db').resolve()}",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
-import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,21 +22,27 @@ from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_P
 from data_checks.interactions import (
     CheckPartitions,
     ContractLimits,
+    EarlierBatches,
     PartitionChecks,
     check_here,
     check_partition,
-    read_landing_file,
+    row_fingerprints,
     validate_interactions,
 )
+from data_checks.landing import EmptyFileError, count_records, is_parquet, output_stem, read_landing_bytes, record_lines
 from data_checks.report import markdown_summary, rule_table
-from data_checks.rules import ValidationResult
+from data_checks.rules import ValidationResult, rejected
 from flows.settings import Settings
-from models.files import temporary_beside
+from models.files import locked, temporary_beside
 from tasks import ledger
-from tasks.tracking import log_validation_run
+from tasks.report import BatchOutcome
+from tasks.tracking import log_validation_run, mlflow_client
 
 LANDING_SUFFIXES = (".csv", ".parquet")
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
+IGNORED_HASH = ""  # an ignored entry is not hashed: its record is keyed by name alone
 CATALOG_FILE = "catalog.parquet"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,9 @@ class LandedFile:
     batch_id: int
     file_name: str
     path: str
-    kind: str  # interactions | catalog
+    kind: str  # interactions | catalog | ignored (recorded, not processed: see reason)
+    sha256: str = ""  # of the content registered: validation reads the file only if it still has it
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class BatchValidation:
     rule_table: list[dict] = field(default_factory=list)
     kind: str = "interactions"
     max_event_time: datetime | None = None  # the newest accepted event
+    decision: str | None = None  # the ledger's update decision so far (see tasks/ledger.py)
+    update_attempts: int = 0
+    update_error: str | None = None
 
 
 def sha256_of(path: Path) -> str:
@@ -73,53 +86,123 @@ def sha256_of(path: Path) -> str:
 
 
 def kind_of(name: str) -> str | None:
-    if not name.endswith(LANDING_SUFFIXES):
+    """What a landing file holds, by its name (letter case aside): interactions*.csv|parquet or
+    catalog*.csv|parquet; None for anything else."""
+    lower = name.lower()
+    if not lower.endswith(LANDING_SUFFIXES):
         return None
-    if name.startswith(INTERACTIONS_PREFIX):
+    if lower.startswith(INTERACTIONS_PREFIX):
         return "interactions"
-    if name.startswith(CATALOG_PREFIX):
+    if lower.startswith(CATALOG_PREFIX):
         return "catalog"
     return None
 
 
+def in_progress(name: str) -> bool:
+    """A name copy tools give a file while they write it (rsync's .name.XXXX, name.tmp,
+    name.part): left alone, without a record, until it is renamed to its final name."""
+    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
+
+
+def why_ignored(path: Path, landing_dir: Path) -> str | None:
+    """Why freshrec does not process this entry of landing/, or None when it does."""
+    if path.is_symlink():
+        return "a symbolic link: landing/ takes regular files only (a link may point anywhere on the worker's disk)"
+    if path.parent != landing_dir:
+        return "in a subfolder: only files directly in landing/ are read"
+    if not path.is_file():
+        return "not a regular file"
+    if kind_of(path.name) is None:
+        return (f"the name does not say what it holds: landing files are named {INTERACTIONS_PREFIX}*.csv|parquet "
+                f"or {CATALOG_PREFIX}*.csv|parquet")
+    return None
+
+
+def landing_entries(landing_dir: Path) -> list[Path]:
+    """Every file, link and other entry under landing/, subfolders included, in name order;
+    symbolic links to folders are not followed."""
+    entries = []
+    for folder, subfolders, files in os.walk(landing_dir, followlinks=False):
+        subfolders[:] = [d for d in subfolders if not in_progress(d)]
+        entries += [Path(folder) / name for name in files]
+        entries += [Path(folder) / name for name in subfolders if (Path(folder) / name).is_symlink()]
+    return sorted(entries, key=lambda p: p.relative_to(landing_dir).as_posix())
+
+
+def settled(path: Path, settle_seconds: float, now: float) -> bool:
+    """Unchanged for ``settle_seconds``: neither written (mtime) nor touched (ctime, which a copy
+    that preserves times cannot set back) since."""
+    stat = path.stat()
+    return now - max(stat.st_mtime, stat.st_ctime) >= settle_seconds
+
+
 def find_new_files(settings: Settings) -> list[LandedFile]:
-    """Register landing files not seen before, in name order; content seen under another name is
-    recorded as a duplicate and never processed again."""
+    """Register landing files not seen before, in name order. Content seen under another name is
+    recorded as a duplicate and never processed again; a file still changing is left for a later
+    run; every other entry of landing/ is recorded once as ``ignored``, with the reason, and
+    returned so the run reports it."""
     engine = ledger.connect(settings.ledger_url)
-    known = {(b.file_name, b.sha256): b for b in ledger.all_batches(engine)}
-    new = []
-    for path in sorted(settings.landing_dir.glob("*")):
-        kind = kind_of(path.name)
-        if kind is None or not path.is_file():
+    records = ledger.all_batches(engine)
+    known = {(b.file_name, b.sha256): b for b in records}
+    new, waiting, now = [], [], time.time()
+    landing_dir = settings.landing_dir
+    for path in landing_entries(landing_dir) if landing_dir.is_dir() else []:
+        name = path.relative_to(landing_dir).as_posix()
+        if in_progress(path.name):
             continue
-        digest = sha256_of(path)
-        seen = known.get((path.name, digest))
+        reason = why_ignored(path, landing_dir)
+        if reason is not None:
+            new += _ignore(engine, known, name, reason)
+            continue
+        try:
+            if not settled(path, settings.landing_settle_seconds, now):
+                waiting.append(name)
+                continue
+            digest = sha256_of(path)
+            size = path.stat().st_size
+        except OSError as error:  # permissions, or removed meanwhile: recorded, the others go on
+            new += _ignore(engine, known, name, f"cannot be read: {type(error).__name__}: {error.strerror or error}")
+            continue
+        kind = kind_of(name)
+        seen = known.get((name, digest))
         if seen is not None:
             if seen.status == "received":  # a run died before recording its outcome: redo it
-                new.append(LandedFile(seen.id, path.name, str(path), kind))
+                new.append(LandedFile(seen.id, name, str(path), kind, digest))
             continue
         original = ledger.find_by_hash(engine, digest)
         if original is not None:
             ledger.record_received(
-                engine, path.name, digest, path.stat().st_size, kind, "duplicate",
-                f"same content as {original.file_name} (batch {original.id})",
+                engine, name, digest, size, kind, "duplicate", f"same content as {original.file_name} (batch {original.id})",
             )
             continue
-        batch_id = ledger.record_received(engine, path.name, digest, path.stat().st_size, kind)
+        batch_id = ledger.record_received(engine, name, digest, size, kind)
         if batch_id is not None:  # None: a run working at the same time registered it first and validates it
-            new.append(LandedFile(batch_id, path.name, str(path), kind))
+            new.append(LandedFile(batch_id, name, str(path), kind, digest))
+    if waiting:
+        logger.info("%d landing file(s) still changing, left for a later run: %s", len(waiting), ", ".join(waiting))
     return new
 
 
+def _ignore(engine, known: dict, name: str, reason: str) -> list[LandedFile]:
+    """Record an entry freshrec does not process, once per name; the new record, to report."""
+    key = (name[:512], IGNORED_HASH)
+    if key in known:
+        return []
+    known[key] = None
+    batch_id = ledger.record_received(engine, key[0], IGNORED_HASH, 0, "other", "ignored", reason)
+    return [] if batch_id is None else [LandedFile(batch_id, key[0], "", "ignored", IGNORED_HASH, reason)]
+
+
 def undecided(settings: Settings) -> list[BatchValidation]:
-    """Validated batches still waiting for an update decision, oldest first."""
+    """Validated batches waiting for an update decision, oldest first: new ones, and those an
+    earlier run began and did not finish or that failed (a batch out of attempts is parked)."""
     return [
         BatchValidation(
             b.id, b.file_name, b.status, b.rows_in, b.rows_accepted, b.rows_quarantined,
             [r for r in b.reasons.split("; ") if r], b.accepted_path, b.quarantine_path, b.report_path,
-            max_event_time=b.max_event_time,
+            max_event_time=b.max_event_time, decision=b.decision, update_attempts=b.update_attempts, update_error=b.update_error,
         )
-        for b in ledger.undecided_batches(ledger.connect(settings.ledger_url))
+        for b in ledger.undecided_batches(ledger.connect(settings.ledger_url), settings.max_batch_attempts)
     ]
 
 
@@ -133,18 +216,59 @@ def contract_limits(settings: Settings) -> ContractLimits:
     )
 
 
+def earlier_batches(settings: Settings) -> EarlierBatches | None:
+    """The lookup of rows accepted from earlier batches (None when the check is off)."""
+    if not settings.duplicate_window_days:
+        return None
+    engine = ledger.connect(settings.ledger_url)
+
+    def lookup(typed: pd.DataFrame) -> pd.Series:
+        fingerprints = row_fingerprints(typed)
+        holders = ledger.batches_holding(engine, fingerprints.unique().tolist())
+        return fingerprints.map(holders).fillna(0).astype("int64")
+
+    return lookup
+
+
 def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions = check_here) -> BatchValidation:
     """Validate one landed file, write its accepted rows, quarantine and reports, record the outcome.
+    The bytes read are hashed and must be the content registered; those same bytes are parsed.
     An interactions file is checked in ``settings.validation_partitions`` partitions by ``check``."""
+    if landed.kind == "ignored":
+        return BatchValidation(landed.batch_id, landed.file_name, "ignored", 0, 0, 0, [landed.reason], None, None, kind="ignored")
     try:
-        raw, notes = read_landing_file(landed.path)
-    except Exception as error:  # unreadable: keep the file as it came, say why
-        return _quarantine_unreadable(landed, settings, f"unreadable file: {type(error).__name__}: {error}")
+        data = Path(landed.path).read_bytes()
+    except OSError as error:  # removed or made unreadable since it was registered
+        return _record_ignored(landed, settings, f"cannot be read since it was registered: {type(error).__name__}: {error.strerror or error}")
+    if landed.sha256 and hashlib.sha256(data).hexdigest() != landed.sha256:
+        return _record_ignored(landed, settings, "changed after it was registered (still being written?): its new content is a new batch")
+    parquet = is_parquet(landed.file_name)
+    try:
+        raw, notes = read_landing_bytes(data, landed.file_name, settings.landing_encoding)
+        records = count_records(data, parquet)
+    except EmptyFileError as error:
+        return _quarantine_unreadable(landed, data, settings, str(error))
+    except Exception as error:  # a CSV the parser gives up on still has lines: each one is counted and kept
+        reason = f"unreadable file: {type(error).__name__}: {_one_line(error)}"
+        if parquet:
+            return _quarantine_unreadable(landed, data, settings, reason)
+        return _write_outcome(landed, rejected(record_lines(data, settings.landing_encoding), [reason], pd.DataFrame()), [], settings)
+    if records != len(raw):
+        reason = (f"the file holds {records:,} records but parses as {len(raw):,} rows (an unclosed quote, or a line break "
+                  "inside a value: one record per line is the rule): rejected whole, each record kept")
+        lines = record_lines(data, settings.landing_encoding) if not parquet else raw
+        return _write_outcome(landed, rejected(lines, [reason], pd.DataFrame()), notes, settings)
     if landed.kind == "catalog":
         result = validate_catalog(raw, settings.max_bad_row_share)
     else:
-        result = validate_interactions(raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check)
+        result = validate_interactions(
+            raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check, earlier_batches(settings)
+        )
     return _write_outcome(landed, result, notes, settings)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def load_catalog(settings: Settings) -> pd.DataFrame:
@@ -154,8 +278,15 @@ def load_catalog(settings: Settings) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def status_of(result: ValidationResult) -> str:
+    """A batch with rows but none accepted says so: ``quarantined``, never partially accepted."""
+    if result.status == "partially_accepted" and result.rows_accepted == 0:
+        return "quarantined"
+    return result.status
+
+
 def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str], settings: Settings) -> BatchValidation:
-    stem = Path(landed.file_name).stem  # a batch's output files share the landing file's stem
+    stem = output_stem(landed.batch_id, landed.file_name)
     accepted_path = quarantine_path = None
     if result.rows_quarantined:
         quarantine_path = str(_write_parquet(result.quarantined, settings.quarantine_dir / f"{stem}.parquet"))
@@ -165,11 +296,17 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
         accepted_path = str(_write_parquet(result.accepted, settings.accepted_dir / f"{stem}.parquet"))
     report_path = _write_reports(stem, landed.file_name, result, notes, settings)
     times = result.accepted["event_time"] if result.rows_accepted and "event_time" in result.accepted else pd.Series(dtype="datetime64[ns, UTC]")
+    fingerprints = []
+    if landed.kind == "interactions" and result.rows_accepted and settings.duplicate_window_days:
+        days = (result.accepted["event_time"].astype("int64") // 86_400_000_000_000).to_numpy()
+        pairs = pd.DataFrame({"f": row_fingerprints(result.accepted).to_numpy(), "d": days}).drop_duplicates("f")
+        fingerprints = list(zip(pairs["f"].tolist(), pairs["d"].tolist()))
     reasons = notes + result.reasons
+    status = status_of(result)
     ledger.record_outcome(
         ledger.connect(settings.ledger_url),
         landed.batch_id,
-        result.status,
+        status,
         result.rows_in,
         result.rows_accepted,
         result.rows_quarantined,
@@ -179,20 +316,24 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
         times.min().to_pydatetime() if len(times) else None,
         times.max().to_pydatetime() if len(times) else None,
         str(report_path),
+        fingerprints,
+        settings.duplicate_window_days,
     )
     return BatchValidation(
-        landed.batch_id, landed.file_name, result.status, result.rows_in, result.rows_accepted,
+        landed.batch_id, landed.file_name, status, result.rows_in, result.rows_accepted,
         result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result), landed.kind,
         times.max().to_pydatetime() if len(times) else None,
     )
 
 
 def _merge_catalog(catalog: pd.DataFrame, settings: Settings) -> Path:
-    """Upsert into accepted/catalog.parquet: the newest row of an item wins."""
+    """Upsert into accepted/catalog.parquet: the newest row of an item wins. Under a lock, so two
+    runs merging at once both keep their items (the read, merge and write are one step)."""
     target = settings.accepted_dir / CATALOG_FILE
-    if target.exists():
-        catalog = pd.concat([pd.read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
-    return _write_parquet(catalog.reset_index(drop=True), target)
+    with locked(target):
+        if target.exists():
+            catalog = pd.concat([pd.read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
+        return _write_parquet(catalog.reset_index(drop=True), target)
 
 
 def _write_reports(stem: str, file_name: str, result: ValidationResult, notes: list[str], settings: Settings) -> Path:
@@ -203,10 +344,21 @@ def _write_reports(stem: str, file_name: str, result: ValidationResult, notes: l
     return _write_text(settings.reports_dir / f"{stem}.validation.md", markdown_summary(file_name, result, notes))
 
 
-def _quarantine_unreadable(landed: LandedFile, settings: Settings, reason: str) -> BatchValidation:
+def _record_ignored(landed: LandedFile, settings: Settings, reason: str) -> BatchValidation:
+    """A registered file that cannot be validated as registered: recorded as ignored, with why."""
+    ledger.record_outcome(ledger.connect(settings.ledger_url), landed.batch_id, "ignored", 0, 0, 0, reason, None, None, None, None, None)
+    return BatchValidation(landed.batch_id, landed.file_name, "ignored", 0, 0, 0, [reason], None, None, kind=landed.kind)
+
+
+def _quarantine_unreadable(landed: LandedFile, data: bytes, settings: Settings, reason: str) -> BatchValidation:
+    """A file with no records to count (empty, or not Parquet at all): its bytes, as they came,
+    go to quarantine with the reason beside them."""
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.quarantine_dir / landed.file_name
-    shutil.copyfile(landed.path, target)
+    stem = output_stem(landed.batch_id, landed.file_name)
+    target = settings.quarantine_dir / f"{stem}{Path(landed.file_name).suffix}"
+    tmp = temporary_beside(target)
+    tmp.write_bytes(data)
+    tmp.replace(target)
     _write_text(target.with_name(target.name + ".reason.txt"), reason + "\n")
     ledger.record_outcome(ledger.connect(settings.ledger_url), landed.batch_id, "rejected", 0, 0, 0, reason, None, str(target), None, None, None)
     return BatchValidation(landed.batch_id, landed.file_name, "rejected", 0, 0, 0, [reason], None, str(target), kind=landed.kind)
@@ -236,7 +388,7 @@ def artifact_key(file_name: str) -> str:
 @task(name="ingest-landing", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def ingest_landing(settings: Settings) -> list[LandedFile]:
     files = find_new_files(settings)
-    get_run_logger().info("%d new landing file(s) in %s", len(files), settings.landing_dir)
+    get_run_logger().info("%d new landing file(s) in %s", len(files), settings.landing_dir.name)
     return files
 
 
@@ -264,23 +416,84 @@ def validate_batch(landed: LandedFile, settings: Settings) -> BatchValidation:
 
 @task(name="find-undecided-batches", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_undecided_batches(settings: Settings) -> list[BatchValidation]:
-    return undecided(settings)
+    batches = undecided(settings)
+    resumed = [b for b in batches if b.decision is not None]
+    if resumed:
+        get_run_logger().warning(
+            "taking up again %d batch(es) whose update an earlier run did not finish: %s", len(resumed),
+            "; ".join(f"{b.file_name} ({b.decision}, attempt {b.update_attempts + 1}: {b.update_error or 'that run stopped'})" for b in resumed),
+        )
+    return batches
 
 
 # No retries: the claim is not idempotent; a retry after a commit whose answer was lost would
-# read its own claim as another run's. A failed claim fails the batch's subflow; the next run
-# decides the batch again, or, if the claim had committed, its rows join the next update.
+# read its own claim as another run's. A failed claim fails the batch's update, which is then
+# recorded as failed and tried again by a later run.
 @task(name="record-decision", cache_policy=NO_CACHE)
 def record_decision(settings: Settings, batch_id: int, update: bool) -> bool:
     """Claim the batch's decision; False when a run working at the same time decided it first."""
-    return ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip")
+    return ledger.record_decision(ledger.connect(settings.ledger_url), batch_id, "update" if update else "skip", settings.batch_lease_seconds)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline itself cannot work (the ledger or MLflow is unreachable): the run stops."""
+
+
+def pipeline_problem(settings: Settings) -> str | None:
+    """Why the pipeline cannot work right now, or None when its stores answer."""
+    try:
+        ledger.all_batches(ledger.connect(settings.ledger_url))[:0]
+    except Exception as error:
+        return f"the ledger does not answer: {type(error).__name__}"
+    try:
+        mlflow_client(settings)
+    except Exception as error:
+        return f"MLflow does not answer: {type(error).__name__}"
+    return None
+
+
+def validation_failed(landed: LandedFile, error: str) -> BatchValidation:
+    """A file whose validation raised: it stays `received`, and the next run validates it again."""
+    reason = f"validation failed, tried again by the next run: {error}"
+    return BatchValidation(landed.batch_id, landed.file_name, "received", 0, 0, 0, [reason], None, None, kind=landed.kind)
+
+
+@task(name="record-batch-failure", cache_policy=NO_CACHE)
+def record_batch_failure(settings: Settings, validation: BatchValidation, error: str) -> BatchOutcome:
+    """Record that the update on one batch failed: ``failed`` (a later run tries again) or, out
+    of attempts, ``parked``; the run goes on with the next batch. When the pipeline itself is
+    down the attempt is not counted and the run stops (PipelineError)."""
+    problem = pipeline_problem(settings)
+    engine = ledger.connect(settings.ledger_url)
+    decision = ledger.record_update_failure(engine, validation.batch_id, error, settings.max_batch_attempts, charge=problem is None)
+    if problem is not None:
+        raise PipelineError(f"{problem}; the update on {validation.file_name} failed ({error}) and is left to the next run")
+    attempts = next(b.update_attempts for b in ledger.all_batches(engine) if b.id == validation.batch_id)
+    outcome = BatchOutcome.of_validation(validation, with_reasons=False)
+    outcome.status = f"update {decision}"
+    if decision == "parked":
+        outcome.reasons = [f"update failed {attempts} time(s), parked (python -m flows ledger --retry {validation.batch_id} re-opens it): {error}"]
+    else:
+        outcome.reasons = [f"update failed (attempt {attempts} of {settings.max_batch_attempts}), tried again by the next run: {error}"]
+    get_run_logger().error("%s: %s", validation.file_name, outcome.reasons[0])
+    return outcome
+
+
+@task(name="finish-update", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def finish_update(settings: Settings, batch_id: int) -> None:
+    """The batch's update ran to its end: release its claim."""
+    ledger.finish_update(ledger.connect(settings.ledger_url), batch_id)
 
 
 @task(name="publish-validation", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_validation(validation: BatchValidation, settings: Settings) -> None:
-    """The batch's reports to MLflow, and a Prefect table: expectation, level, rows failed, share."""
+    """The batch's reports to MLflow, and a Prefect table: expectation, level, rows failed, share.
+    An ignored entry has no report: its ledger record and the run's report say why."""
+    if validation.status == "ignored":
+        get_run_logger().warning("%s is not processed: %s", validation.file_name, "; ".join(validation.reasons))
+        return
     log_validation_run(
-        settings, validation.file_name, validation.status,
+        settings, validation.batch_id, validation.file_name, validation.status,
         {"rows_in": validation.rows_in, "rows_accepted": validation.rows_accepted, "rows_quarantined": validation.rows_quarantined},
         {row["expectation"]: row["rows_failed"] for row in validation.rule_table},
         settings.reports_dir,

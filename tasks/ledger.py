@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
@@ -26,7 +26,9 @@ batches = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),  # interactions | catalog
-    sa.Column("status", sa.String(32), nullable=False),  # received | accepted | partially_accepted | rejected | duplicate
+    # received | accepted | partially_accepted | quarantined (every row, nothing accepted) | rejected |
+    # duplicate (the content of an earlier file) | ignored (not processed: the reason says why)
+    sa.Column("status", sa.String(32), nullable=False),
     sa.Column("rows_in", sa.Integer, nullable=False, default=0),
     sa.Column("rows_accepted", sa.Integer, nullable=False, default=0),
     sa.Column("rows_quarantined", sa.Integer, nullable=False, default=0),
@@ -37,13 +39,32 @@ batches = sa.Table(
     sa.Column("min_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("max_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("consumed_by_version", sa.String(32), nullable=True),
-    sa.Column("decision", sa.String(16), nullable=True),  # update | skip: what continuous training decided
+    # What continuous training decided: skip | update (claimed; consumed_by_version says when it is
+    # done) | failed (the last attempt failed: a later run tries again) | parked (given up, see update_error)
+    sa.Column("decision", sa.String(16), nullable=True),
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    # Updates attempted on this batch; the run holding the claim renews lease_until while it works,
+    # so a claim whose run was killed expires and a later run resumes the batch.
+    sa.Column("update_attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("update_error", sa.Text, nullable=True),
     sa.CheckConstraint("rows_in = rows_accepted + rows_quarantined", name="rows_balance"),
 )
 # A file is registered once, even when two runs find it at the same moment. An index, not a table
 # constraint, so `connect` can add it to a ledger created before it existed.
 one_record_per_file = sa.Index("one_record_per_file", batches.c.file_name, batches.c.sha256, unique=True)
+
+
+# Fingerprints of accepted rows, so a row landed again in a later file (overlapping exports) is
+# quarantined as a duplicate. Bounded: only rows within `duplicate_window_days` of the newest
+# recorded event are kept (see `remember_rows`).
+row_fingerprints = sa.Table(
+    "row_fingerprints",
+    metadata,
+    sa.Column("fingerprint", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("batch_id", sa.Integer, nullable=False),
+    sa.Column("event_day", sa.Integer, nullable=False, index=True),  # days since 1970-01-01 (UTC)
+)
 
 
 # Every move of a registry alias, in order. ``seq`` numbers the moves of one (model, alias) and is
@@ -100,6 +121,10 @@ class BatchRecord:
     decision: str | None = None
     min_event_time: datetime | None = None
     max_event_time: datetime | None = None
+    size_bytes: int = 0
+    update_attempts: int = 0
+    lease_until: datetime | None = None
+    update_error: str | None = None
 
 
 def connect(url: str) -> sa.Engine:
@@ -122,14 +147,31 @@ def connect(url: str) -> sa.Engine:
         )
     except sa.exc.DatabaseError:  # another process created the index between check and create
         pass
+    _add_missing_columns(engine)
     return engine
 
 
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to ``batches`` after a ledger was created are added to it (all nullable or
+    with a server default, so old rows stay valid)."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns("batches")}
+    for column in batches.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(engine.dialect)
+        default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'ALTER TABLE batches ADD COLUMN {column.name} {kind}{default}'))
+        except sa.exc.DatabaseError:  # another process added it first
+            pass
+
+
 def find_by_hash(engine: sa.Engine, sha256: str) -> BatchRecord | None:
-    """The first non-duplicate record of this content, if any."""
+    """The first record of this content that was processed (not a duplicate, not ignored), if any."""
     query = (
         sa.select(batches)
-        .where(batches.c.sha256 == sha256, batches.c.status != "duplicate")
+        .where(batches.c.sha256 == sha256, batches.c.status.not_in(("duplicate", "ignored")))
         .order_by(batches.c.id)
         .limit(1)
     )
@@ -174,7 +216,11 @@ def record_outcome(
     min_event_time: datetime | None,
     max_event_time: datetime | None,
     report_path: str | None,
+    fingerprints: list[tuple[int, int]] = (),
+    duplicate_window_days: int = 0,
 ) -> None:
+    """Record what became of a batch and, in the same transaction, remember its accepted rows'
+    ``(fingerprint, event day)`` pairs (see `remember_rows`)."""
     with engine.begin() as conn:
         conn.execute(
             batches.update()
@@ -192,6 +238,29 @@ def record_outcome(
                 report_path=report_path,
             )
         )
+        if fingerprints:
+            remember_rows(conn, batch_id, fingerprints, duplicate_window_days)
+
+
+def remember_rows(conn: sa.Connection, batch_id: int, fingerprints: list[tuple[int, int]], window_days: int) -> None:
+    """Add a batch's row fingerprints and forget those more than ``window_days`` older than the
+    newest event remembered, so the index stays bounded by the window's traffic. A fingerprint
+    another batch holds already raises IntegrityError: two overlapping files validated at the
+    same moment; the caller's transaction is rolled back and the batch validated again later."""
+    conn.execute(row_fingerprints.insert(), [{"fingerprint": f, "batch_id": batch_id, "event_day": d} for f, d in fingerprints])
+    newest = conn.execute(sa.select(sa.func.max(row_fingerprints.c.event_day))).scalar()
+    conn.execute(row_fingerprints.delete().where(row_fingerprints.c.event_day < newest - window_days))
+
+
+def batches_holding(engine: sa.Engine, fingerprints: list[int], chunk: int = 20_000) -> dict[int, int]:
+    """Fingerprint -> the batch that holds it, for those of ``fingerprints`` the index remembers."""
+    found: dict[int, int] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(fingerprints), chunk):
+            part = fingerprints[start : start + chunk]
+            query = sa.select(row_fingerprints.c.fingerprint, row_fingerprints.c.batch_id).where(row_fingerprints.c.fingerprint.in_(part))
+            found.update((int(f), int(b)) for f, b in conn.execute(query).all())
+    return found
 
 
 def _batches_where(engine: sa.Engine, *conditions) -> list[BatchRecord]:
@@ -204,31 +273,123 @@ def _batches_where(engine: sa.Engine, *conditions) -> list[BatchRecord]:
 _PENDING = (
     batches.c.kind == "interactions",
     batches.c.status.in_(("accepted", "partially_accepted")),
+    batches.c.rows_accepted > 0,
     batches.c.consumed_by_version.is_(None),
 )
+# Of those, the ones whose rows an update may train on: not decided yet, skipped, or trained on by
+# a challenger that was not promoted. Not: a batch another run is updating (or was, until it was
+# killed: it is resumed in its own right), one whose update failed or was parked.
+_TRAINABLE = sa.or_(batches.c.decision.is_(None), batches.c.decision.in_(("skip", "trained")))
 
 
 def unconsumed_batches(engine: sa.Engine, through_batch_id: int | None = None) -> list[BatchRecord]:
-    """Accepted interaction batches no model version has been trained on yet, oldest first;
-    with ``through_batch_id``, only those up to that batch (later ones are the future)."""
-    limit = () if through_batch_id is None else (batches.c.id <= through_batch_id,)
-    return _batches_where(engine, *_PENDING, *limit)
+    """Accepted interaction batches no model version has been trained on yet and whose rows an
+    update may use, oldest first; with ``through_batch_id``, only those up to that batch (later
+    ones are the future), that batch itself whatever its decision."""
+    if through_batch_id is None:
+        return _batches_where(engine, *_PENDING, _TRAINABLE)
+    return _batches_where(engine, *_PENDING, batches.c.id <= through_batch_id, sa.or_(_TRAINABLE, batches.c.id == through_batch_id))
 
 
-def undecided_batches(engine: sa.Engine) -> list[BatchRecord]:
-    """Accepted interaction batches waiting for an update decision (left by a cut-off bootstrap
-    or by a run that stopped after validation), oldest first."""
-    return _batches_where(engine, *_PENDING, batches.c.decision.is_(None))
+def _open_to(now: datetime):
+    """A batch a run may claim now: undecided, or claimed for an update by a run that has stopped
+    renewing its lease (killed), or whose last update attempt failed."""
+    lapsed = sa.or_(batches.c.lease_until.is_(None), batches.c.lease_until < now)
+    return sa.or_(batches.c.decision.is_(None), sa.and_(batches.c.decision.in_(("update", "failed")), lapsed))
 
 
-def record_decision(engine: sa.Engine, batch_id: int, decision: str) -> bool:
-    """Record the update decision on a batch not decided yet; False when another run decided it
-    first (that run, not this one, trains on it)."""
+def undecided_batches(engine: sa.Engine, max_attempts: int | None = None) -> list[BatchRecord]:
+    """Accepted interaction batches waiting for an update decision, oldest first: left by a
+    cut-off bootstrap or a run that stopped after validation, and those whose update a run began
+    and did not finish (killed) or that failed, to be tried again. With ``max_attempts``, such a
+    batch that has used its attempts is parked first (`park_exhausted`) and not returned."""
+    now = datetime.now(timezone.utc)
+    if max_attempts is not None:
+        park_exhausted(engine, max_attempts, now)
+    return _batches_where(engine, *_PENDING, _open_to(now))
+
+
+def park_exhausted(engine: sa.Engine, max_attempts: int, now: datetime) -> None:
+    """Park the batches whose update was attempted ``max_attempts`` times without an end."""
+    with engine.begin() as conn:
+        stale = conn.execute(
+            sa.select(batches.c.id, batches.c.update_attempts, batches.c.update_error)
+            .where(*_PENDING, _open_to(now), batches.c.decision.is_not(None), batches.c.update_attempts >= max_attempts)
+        ).all()
+        for batch_id, attempts, error in stale:
+            last = error or "the run working on it stopped without recording an outcome (killed, or out of memory)"
+            conn.execute(
+                batches.update().where(batches.c.id == batch_id)
+                .values(decision="parked", lease_until=None, update_error=f"gave up after {attempts} attempts; the last: {last}")
+            )
+
+
+def record_decision(engine: sa.Engine, batch_id: int, decision: str, lease_seconds: float = 1800) -> bool:
+    """Claim the batch's update decision: on a batch not decided yet, or one whose update a run
+    began and abandoned (lease lapsed) or that failed. An ``update`` claim counts an attempt and
+    holds a lease of ``lease_seconds``, which `renew_lease` extends while the run works. False
+    when another run holds the claim (that run, not this one, trains on it)."""
+    now = datetime.now(timezone.utc)
+    update = decision == "update"
     with engine.begin() as conn:
         result = conn.execute(
             batches.update()
-            .where(batches.c.id == batch_id, batches.c.decision.is_(None))
-            .values(decision=decision, decided_at=datetime.now(timezone.utc))
+            .where(batches.c.id == batch_id, batches.c.consumed_by_version.is_(None), _open_to(now))
+            .values(
+                decision=decision,
+                decided_at=now,
+                lease_until=now + timedelta(seconds=lease_seconds) if update else None,
+                update_attempts=batches.c.update_attempts + (1 if update else 0),
+            )
+        )
+    return result.rowcount == 1
+
+
+def renew_lease(engine: sa.Engine, batch_ids: list[int], lease_seconds: float) -> None:
+    """Extend the update claims on these batches: the run holding them is still working."""
+    with engine.begin() as conn:
+        conn.execute(
+            batches.update()
+            .where(batches.c.id.in_(batch_ids), batches.c.decision == "update", batches.c.consumed_by_version.is_(None))
+            .values(lease_until=datetime.now(timezone.utc) + timedelta(seconds=lease_seconds))
+        )
+
+
+def finish_update(engine: sa.Engine, batch_id: int) -> None:
+    """The update on this batch ran to its end (promoted or not): its claim is released, and its
+    rows, unless a promotion consumed them, wait for the next update like a skipped batch's."""
+    with engine.begin() as conn:
+        conn.execute(
+            batches.update().where(batches.c.id == batch_id, batches.c.decision == "update")
+            .values(decision="trained", lease_until=None, update_error=None)
+        )
+
+
+def record_update_failure(engine: sa.Engine, batch_id: int, error: str, max_attempts: int, charge: bool = True) -> str:
+    """The update on this batch failed with ``error``: ``failed`` (a later run tries again) or,
+    after ``max_attempts`` attempts, ``parked``. With ``charge`` False the attempt is not
+    counted (the pipeline, not the batch, failed). Returns the decision recorded."""
+    with engine.begin() as conn:
+        attempts, claimed = conn.execute(sa.select(batches.c.update_attempts, batches.c.decision).where(batches.c.id == batch_id)).one()
+        # An update claim counted its attempt already; a failure before the claim counts here.
+        if charge and claimed != "update":
+            attempts += 1
+        elif not charge and claimed == "update":
+            attempts = max(0, attempts - 1)
+        decision = "parked" if attempts >= max_attempts else "failed"
+        conn.execute(
+            batches.update().where(batches.c.id == batch_id, batches.c.consumed_by_version.is_(None))
+            .values(decision=decision, lease_until=None, update_attempts=attempts, update_error=error)
+        )
+    return decision
+
+
+def retry_batch(engine: sa.Engine, batch_id: int) -> bool:
+    """Give a parked or failed batch fresh attempts (after a person fixed the cause)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            batches.update().where(batches.c.id == batch_id, batches.c.decision.in_(("parked", "failed")))
+            .values(decision=None, lease_until=None, update_attempts=0)
         )
     return result.rowcount == 1
 
@@ -251,7 +412,7 @@ def all_batches(engine: sa.Engine) -> list[BatchRecord]:
 
 def _record(row: sa.RowMapping) -> BatchRecord:
     values = {field: row[field] for field in BatchRecord.__dataclass_fields__}
-    for field in ("min_event_time", "max_event_time"):
+    for field in ("min_event_time", "max_event_time", "lease_until"):
         values[field] = _as_utc(values[field])
     return BatchRecord(**values)
 

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from data_checks.landing import output_stem
 from data_checks.drift import ChampionCounts, DriftResult, detect_drift
 from flows.settings import Settings
 from models.evaluate import evaluate
@@ -43,7 +44,7 @@ def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: S
     recommender = Recommender.load(champion.checkpoint_path)
     catalog = load_catalog(settings)
     counts = ChampionCounts(recommender.item_counts, recommender.user_counts, catalog.set_index("item_id")["category"])
-    report_path = settings.reports_dir / f"{Path(validation.file_name).stem}.drift.html"
+    report_path = settings.reports_dir / f"{output_stem(validation.batch_id, validation.file_name)}.drift.html"
     return detect_drift(current, reference, counts, report_path)
 
 

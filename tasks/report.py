@@ -40,6 +40,9 @@ class BatchOutcome:
         return asdict(self)
 
 
+# Outcomes of batches whose update failed (see tasks/ingest.py record_batch_failure), or whose
+# validation raised (the file stays `received` and is validated again).
+FAILED_STATUSES = ("update failed", "update parked", "received")
 COLUMNS = ("batch", "in", "accepted", "quarantined", "status", "drift", "update", "challenger", "champion", "promoted", "champion v")
 
 
@@ -81,10 +84,12 @@ def summarize(outcomes: list[BatchOutcome]) -> str:
     if not outcomes:
         return "No new landing files: nothing to do."
     promoted = [o for o in outcomes if o.promoted]
+    failed = [o for o in in_landing_order(outcomes) if o.status in FAILED_STATUSES]
+    trouble = f" {len(failed)} failed: " + "; ".join(f"{o.batch} ({o.status})" for o in failed) + "." if failed else ""
     if promoted:
-        return f"{len(outcomes)} batch(es); champion is now version {promoted[-1].champion_version}."
+        return f"{len(outcomes)} batch(es); champion is now version {promoted[-1].champion_version}.{trouble}"
     last = outcomes[-1]
-    return f"{len(outcomes)} batch(es); champion unchanged: {'; '.join(last.reasons) or last.status}."
+    return f"{len(outcomes)} batch(es); champion unchanged: {'; '.join(last.reasons) or last.status}.{trouble}"
 
 
 @task(name="publish-report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

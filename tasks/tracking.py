@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from data_checks.landing import output_stem
 from flows.settings import Settings
 
 CHECKPOINT_ARTIFACT = "recommender.pt"
@@ -98,10 +99,12 @@ def load_champion(settings: Settings) -> ChampionInfo | None:
     return champion
 
 
-def log_validation_run(settings: Settings, file_name: str, status: str, counts: dict[str, int], rule_rows: dict[str, int], report_dir: Path) -> str:
+def log_validation_run(
+    settings: Settings, batch_id: int, file_name: str, status: str, counts: dict[str, int], rule_rows: dict[str, int], report_dir: Path
+) -> str:
     """One small MLflow run per validated batch: its counts, per-rule failures and reports."""
     _, experiment_id = mlflow_client(settings)
-    stem = Path(file_name).stem
+    stem = output_stem(batch_id, file_name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}") as run:
         mlflow.set_tags({"freshrec.stage": "validation", "freshrec.batch": file_name, "freshrec.status": status})
         mlflow.log_metrics({**counts, **{f"failed.{rule}": rows for rule, rows in rule_rows.items()}})

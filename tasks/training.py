@@ -389,11 +389,14 @@ def assemble_training_data(
 @task(name="train-challenger", retries=1, cache_policy=NO_CACHE)
 def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings: Settings) -> Challenger:
     logger = get_run_logger()
+    engine = ledger.connect(settings.ledger_url)
 
     def log_epoch(record: dict) -> None:
         logger.info("epoch %d: %s", record["epoch"], ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+        ledger.renew_lease(engine, data.batch_ids, settings.batch_lease_seconds)  # still working on them
 
     challenger = fit(data, champion, settings, on_epoch_end=log_epoch)
+    ledger.renew_lease(engine, data.batch_ids, settings.batch_lease_seconds)
     launch = f" by {settings.train_processes} processes under torchrun" if settings.train_processes > 1 else ""
     logger.info(
         "challenger (%s) trained%s in %.1fs: %d epochs, kept epoch %d",

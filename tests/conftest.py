@@ -23,9 +23,11 @@ from flows.settings import Settings  # noqa: E402
 
 # A shop small enough that a bootstrap and two updates run in seconds on two CPU cores.
 TINY_SHOP = ShopConfig(n_users=300, n_items=150, n_new_items=40, orders_per_week=500)
-# Settings scaled to TINY_SHOP (about 2.5k rows a week).
+# Settings scaled to TINY_SHOP (about 2.5k rows a week). Tests write whole landing files, so they
+# need not wait for files to settle.
 TINY_SHOP_SETTINGS = dict(
     volume_threshold_rows=4_000, min_new_rows=500, reference_sample_rows=5_000, scratch_epochs=6, finetune_epochs=3, batch_size=256,
+    landing_settle_seconds=0,
 )
 
 

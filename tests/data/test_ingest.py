@@ -55,9 +55,9 @@ def test_an_unreadable_file_is_kept_in_quarantine_with_its_reason(settings):
     (result,) = ingest_all(settings)
     assert result.status == "rejected"
     assert "unreadable file" in result.reasons[0]
-    kept = settings.quarantine_dir / "interactions-garbage.parquet"
-    assert kept.read_bytes() == b"not parquet at all"
-    assert "unreadable" in (settings.quarantine_dir / "interactions-garbage.parquet.reason.txt").read_text()
+    kept = settings.quarantine_dir / "000001-interactions-garbage.parquet"
+    assert kept.read_bytes() == b"not parquet at all" and result.quarantine_path == str(kept)
+    assert "unreadable" in (settings.quarantine_dir / "000001-interactions-garbage.parquet.reason.txt").read_text()
 
 
 def test_a_batch_left_unfinished_by_a_crash_is_processed_again(settings):
@@ -98,7 +98,7 @@ def test_an_empty_file_is_rejected_and_kept(settings):
     (settings.landing_dir / "interactions-empty.csv").write_bytes(b"")
     (result,) = ingest_all(settings)
     assert result.status == "rejected" and "the file is empty" in result.reasons[0]
-    assert (settings.quarantine_dir / "interactions-empty.csv").exists()
+    assert (settings.quarantine_dir / "000001-interactions-empty.csv").exists()
 
 
 def test_a_truncated_parquet_file_is_rejected_and_kept_as_it_came(settings, tmp_path):
@@ -109,23 +109,23 @@ def test_a_truncated_parquet_file_is_rejected_and_kept_as_it_came(settings, tmp_
     (settings.landing_dir / "interactions-cut.parquet").write_bytes(truncated)
     (result,) = ingest_all(settings)
     assert result.status == "rejected" and result.reasons[0].startswith("unreadable file")
-    assert (settings.quarantine_dir / "interactions-cut.parquet").read_bytes() == truncated
+    assert (settings.quarantine_dir / "000001-interactions-cut.parquet").read_bytes() == truncated
 
 
-def test_a_latin1_csv_with_an_odd_name_is_read_and_says_so(settings):
+def test_a_latin1_csv_with_an_odd_name_is_read_in_the_encoding_the_settings_name(settings):
     frame = SyntheticShop(0, TINY_SHOP).week(0).head(50).copy()
     frame["country"] = "Côte d'Ivoire"
     settings.landing_dir.mkdir(parents=True)
     name = "interactions semaine été №1.csv"
     frame.to_csv(settings.landing_dir / name, index=False, encoding="latin-1", errors="replace", date_format="%Y-%m-%dT%H:%M:%SZ")
+    settings.landing_encoding = "latin-1"
     (result,) = ingest_all(settings)
-    assert result.file_name == name and result.status == "accepted"
-    assert "not UTF-8: read as Latin-1" in result.reasons
+    assert result.file_name == name and result.status == "accepted" and result.reasons == []
     accepted = pd.read_parquet(result.accepted_path)
     assert set(accepted["country"]) == {"Côte d'Ivoire"}
-    assert Path(result.report_path).name == "interactions semaine été №1.validation.md"
+    assert Path(result.report_path).name == "000001-interactions semaine été №1.validation.md"
     row = ledger.all_batches(ledger.connect(settings.ledger_url))[0]
-    assert row.report_path == result.report_path and "Latin-1" in row.reasons
+    assert row.report_path == result.report_path
 
 
 def test_reports_hold_ge_result_and_a_readable_summary(settings):
@@ -134,16 +134,21 @@ def test_reports_hold_ge_result_and_a_readable_summary(settings):
     summary = Path(result.report_path).read_text()
     assert "| expectation | level | rows failed | share | meaning |" in summary
     assert "| event_time_in_window | error |" in summary
-    ge = json.loads((settings.reports_dir / "interactions-week001.validation.json").read_text())
+    ge = json.loads(Path(result.report_path).with_suffix(".json").read_text())
     assert ge["success"] is False and len(ge["results"]) == len(result.rule_table)
     assert {row["expectation"] for row in result.rule_table} >= {"anonymous_user", "cancellation"}
 
 
-def test_other_files_in_landing_are_left_alone(settings):
+def test_other_files_in_landing_are_recorded_once_as_ignored_and_copies_in_progress_left_alone(settings):
     settings.landing_dir.mkdir(parents=True)
     (settings.landing_dir / "notes.txt").write_text("hello")
     (settings.landing_dir / "interactions-week000.csv.tmp").write_text("half written")
-    assert find_new_files(settings) == []
+    (settings.landing_dir / ".interactions-week000.csv.x1Y2z3").write_text("rsync writing")
+    (ignored,) = find_new_files(settings)
+    assert ignored.file_name == "notes.txt" and ignored.kind == "ignored" and "the name does not say" in ignored.reason
+    assert find_new_files(settings) == []  # recorded once
+    (row,) = ledger.all_batches(ledger.connect(settings.ledger_url))
+    assert row.status == "ignored" and row.rows_in == 0
 
 
 def test_a_ledger_from_before_the_file_index_gets_it(tmp_path):

@@ -78,7 +78,7 @@ def test_batch_verdicts_are_reached_the_same_way():
 
 
 def accepted_and_quarantined(settings) -> dict[str, pd.DataFrame]:
-    files = sorted(settings.accepted_dir.glob("interactions-*.parquet")) + sorted(settings.quarantine_dir.glob("*.parquet"))
+    files = sorted(settings.accepted_dir.glob("*-interactions-*.parquet")) + sorted(settings.quarantine_dir.glob("*.parquet"))
     return {f"{p.parent.name}/{p.name}": pd.read_parquet(p) for p in files}
 
 
@@ -90,8 +90,8 @@ def test_the_flow_on_a_local_dask_cluster_gives_the_same_split(settings, prefect
 
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     write_weeks(settings.landing_dir, range(0, 3), bad_rows_weeks=(1, 2), config=TINY_SHOP)
-    one_piece = Settings(home=tmp_path / "one-piece", landing_dir=settings.landing_dir)
-    partitioned = Settings(home=tmp_path / "partitioned", landing_dir=settings.landing_dir, validation_partitions=2)
+    one_piece = Settings(home=tmp_path / "one-piece", landing_dir=settings.landing_dir, landing_settle_seconds=0)
+    partitioned = Settings(home=tmp_path / "partitioned", landing_dir=settings.landing_dir, landing_settle_seconds=0, validation_partitions=2)
 
     by_dask = validate_new_files(partitioned)
     by_one = validate_new_files(one_piece)

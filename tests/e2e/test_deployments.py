@@ -102,6 +102,7 @@ def deployed(tmp_path_factory):
             "MLFLOW_TRACKING_URI": mlflow.url,
             "FRESHREC_HOME": str(home),
             "FRESHREC_MIN_NEW_ROWS": "500",
+            "FRESHREC_LANDING_SETTLE_SECONDS": "0",  # the test writes whole files
             "FRESHREC_SCRATCH_EPOCHS": "3",
             "FRESHREC_FINETUNE_EPOCHS": "2",
             # A tiny shop's week (about 2.5k rows) is enough new data to update on.

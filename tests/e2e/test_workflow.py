@@ -133,6 +133,7 @@ def test_command_line_json_and_exit_codes(tmp_path, prefect_server):
         "FRESHREC_HOME": str(tmp_path / "cli"),
         "FRESHREC_VOLUME_THRESHOLD_ROWS": "4000",
         "FRESHREC_MIN_NEW_ROWS": "500",
+        "FRESHREC_LANDING_SETTLE_SECONDS": "0",  # the test writes whole files
         "FRESHREC_SCRATCH_EPOCHS": "3",
         "FRESHREC_FINETUNE_EPOCHS": "2",
         "PREFECT_API_URL": PREFECT_API_URL.value(),  # share the test server: no extra start-up

@@ -1,0 +1,111 @@
+"""One bad batch never stops the line: real flows on the tests' Prefect server and MLflow store.
+
+Risks guarded: a batch with nothing accepted crashing every later run (a crash loop), one
+batch's exception failing the whole run so later batches are never decided, a failing batch
+retried for ever or forgotten, a run reporting Completed while a batch silently failed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from data_checks.sources import write_landing_csv
+from data_checks.sources.synthetic import SyntheticShop, write_weeks
+from flows.bootstrap import bootstrap
+from flows.continuous_training import continuous_training
+from tasks import ledger
+from tasks import monitor
+from tasks import ingest
+from tasks.ingest import pipeline_problem
+from tests.conftest import TINY_SHOP
+
+pytestmark = pytest.mark.slow
+
+
+def run(flow, settings):
+    state = flow(settings, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.message
+
+
+def batch(settings, name: str) -> ledger.BatchRecord:
+    return next(b for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.file_name == name)
+
+
+@pytest.fixture
+def bootstrapped(settings, prefect_server):
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    run(bootstrap, settings)
+    return settings
+
+
+def test_a_batch_of_guest_checkouts_only_does_not_stop_later_batches(bootstrapped):
+    settings = bootstrapped
+    guests = SyntheticShop(0, TINY_SHOP).week(2).assign(user_id=pd.NA)
+    write_landing_csv(guests, settings.landing_dir / "interactions-week002-guests.csv")
+    write_weeks(settings.landing_dir, range(3, 4), config=TINY_SHOP)
+    outcomes, _ = run(continuous_training, settings)
+    by_name = {o.batch: o for o in outcomes}
+    assert by_name["interactions-week002-guests.csv"].status == "quarantined"
+    assert by_name["interactions-week003.csv"].signals  # measured and decided
+    assert batch(settings, "interactions-week003.csv").decision in ("skip", "trained")
+    outcomes, message = run(continuous_training, settings)  # and the next run is not stuck on it
+    assert outcomes == [] and "No new landing files" in message
+
+
+def test_a_batch_whose_update_fails_is_recorded_retried_then_parked(bootstrapped, monkeypatch):
+    settings = bootstrapped
+    write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
+    real_drift = monitor.batch_drift
+
+    def drift_failing_on_week2(validation, champion, settings):
+        if validation.file_name == "interactions-week002.csv":
+            raise ValueError("a drift report that cannot be computed")
+        return real_drift(validation, champion, settings)
+
+    monkeypatch.setattr(monitor, "batch_drift", drift_failing_on_week2)
+    outcomes, message = run(continuous_training, settings)
+    week2, week3 = outcomes
+    assert week2.status == "update failed" and "attempt 1 of 3" in week2.reasons[0] and "cannot be computed" in week2.reasons[0]
+    assert week3.signals and week3.status == "accepted"  # the run went on with the next batch
+    assert "1 failed: interactions-week002.csv (update failed)" in message
+    record = batch(settings, "interactions-week002.csv")
+    assert record.decision == "failed" and record.update_attempts == 1 and "cannot be computed" in record.update_error
+
+    for attempt in (2, 3):  # later runs try it again, the last time it is parked
+        outcomes, message = run(continuous_training, settings)
+        (again,) = outcomes
+        assert again.batch == "interactions-week002.csv"
+        assert again.status == ("update failed" if attempt < 3 else "update parked")
+    record = batch(settings, "interactions-week002.csv")
+    assert record.decision == "parked" and record.update_attempts == 3
+    outcomes, _ = run(continuous_training, settings)
+    assert outcomes == []  # parked: left alone until a person re-opens it
+
+    monkeypatch.setattr(monitor, "batch_drift", real_drift)  # the cause is fixed
+    assert ledger.retry_batch(ledger.connect(settings.ledger_url), record.id)
+    (fixed,), _ = run(continuous_training, settings)
+    assert fixed.batch == "interactions-week002.csv" and fixed.signals and fixed.status == "accepted"
+    assert batch(settings, "interactions-week002.csv").decision in ("skip", "trained")
+
+
+def test_a_pipeline_that_cannot_work_fails_the_run_and_charges_no_attempt(bootstrapped, monkeypatch):
+    settings = bootstrapped
+    write_weeks(settings.landing_dir, range(2, 3), config=TINY_SHOP)
+
+    def mlflow_gone(*args, **kwargs):
+        raise ConnectionError("the tracking server refused the connection")
+
+    def drift_when_mlflow_is_gone(validation, champion, settings):
+        monkeypatch.setattr(ingest, "mlflow_client", mlflow_gone)  # the outage begins mid-batch
+        raise ConnectionError("the tracking server refused the connection")
+
+    monkeypatch.setattr(monitor, "batch_drift", drift_when_mlflow_is_gone)
+    state = continuous_training(settings, return_state=True)
+    assert state.is_failed() and "MLflow does not answer" in state.message
+    record = batch(settings, "interactions-week002.csv")
+    assert record.decision == "failed" and record.update_attempts == 0  # the batch is not to blame
+
+    broken = settings.model_copy(update={"ledger_url": f"sqlite:///{settings.home}/ledger.db/inside.db"})
+    assert "the ledger does not answer" in pipeline_problem(broken)
