@@ -160,3 +160,19 @@ def test_a_ledger_from_before_the_file_index_gets_it(tmp_path):
     assert "one_record_per_file" in {index["name"] for index in sqlalchemy.inspect(engine).get_indexes("batches")}
     assert ledger.record_received(engine, "interactions-a.csv", "0" * 64, 1, "interactions") == 1
     assert ledger.record_received(engine, "interactions-a.csv", "0" * 64, 1, "interactions") is None
+
+
+def _merge_catalogs_at_barrier(barrier, results, settings, prefix: str) -> None:
+    from tasks.ingest import _merge_catalog
+
+    items = pd.DataFrame({"item_id": [f"{prefix}{i}" for i in range(40)], "title": "a title", "category": pd.NA, "price": 1.0})
+    barrier.wait()
+    for start in range(0, 40, 4):  # ten merges each, interleaving with the other process's
+        _merge_catalog(items.iloc[start : start + 4], settings)
+    results.put(prefix)
+
+
+def test_two_runs_merging_the_catalog_at_once_keep_both_runs_items(settings):
+    race(_merge_catalogs_at_barrier, [(settings, "a"), (settings, "b")], timeout=120)
+    merged = load_catalog(settings)
+    assert sorted(merged["item_id"]) == sorted([f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)])
