@@ -9,9 +9,10 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
@@ -40,6 +41,7 @@ from tasks.tracking import log_validation_run, mlflow_client
 
 LANDING_SUFFIXES = (".csv", ".parquet")
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
+FINGERPRINTS_SUFFIX = ".fingerprints.npy"
 IGNORED_HASH = ""  # an ignored entry is not hashed: its record is keyed by name alone
 CATALOG_FILE = "catalog.parquet"
 logger = logging.getLogger(__name__)
@@ -216,18 +218,49 @@ def contract_limits(settings: Settings) -> ContractLimits:
     )
 
 
+def fingerprints_path(accepted_path: str | Path) -> Path:
+    """Where a batch's accepted rows' fingerprints lie: beside its accepted file."""
+    path = Path(accepted_path)
+    return path.with_name(path.stem + FINGERPRINTS_SUFFIX)
+
+
 def earlier_batches(settings: Settings) -> EarlierBatches | None:
-    """The lookup of rows accepted from earlier batches (None when the check is off)."""
+    """The look-up of rows accepted from earlier batches: the fingerprints of the batches whose
+    newest event lies within ``duplicate_window_days`` of the newest event recorded (a bounded
+    index, 8 bytes a row, never a re-read of history). None when the check is off."""
     if not settings.duplicate_window_days:
         return None
-    engine = ledger.connect(settings.ledger_url)
 
     def lookup(typed: pd.DataFrame) -> pd.Series:
-        fingerprints = row_fingerprints(typed)
-        holders = ledger.batches_holding(engine, fingerprints.unique().tolist())
-        return fingerprints.map(holders).fillna(0).astype("int64")
+        fingerprints = row_fingerprints(typed).to_numpy()
+        held = np.zeros(len(fingerprints), dtype=np.int64)
+        batches = [
+            b for b in ledger.all_batches(ledger.connect(settings.ledger_url))
+            if b.kind == "interactions" and b.rows_accepted and b.accepted_path and b.max_event_time is not None
+        ]
+        if not batches:
+            return pd.Series(held, index=typed.index)
+        since = max(b.max_event_time for b in batches) - timedelta(days=settings.duplicate_window_days)
+        known, owners = [], []
+        for batch in batches:
+            path = fingerprints_path(batch.accepted_path)
+            if batch.max_event_time >= since and path.exists():  # absent: accepted before the check existed
+                known.append(np.load(path))
+                owners.append(np.full(len(known[-1]), batch.id, dtype=np.int64))
+        if known:
+            known_sorted, order = _sorted(np.concatenate(known))
+            owners_sorted = np.concatenate(owners)[order]
+            at = np.clip(np.searchsorted(known_sorted, fingerprints), 0, len(known_sorted) - 1)
+            found = known_sorted[at] == fingerprints
+            held[found] = owners_sorted[at[found]]
+        return pd.Series(held, index=typed.index)
 
     return lookup
+
+
+def _sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    return values[order], order
 
 
 def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions = check_here) -> BatchValidation:
@@ -259,12 +292,14 @@ def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions
         lines = record_lines(data, settings.landing_encoding) if not parquet else raw
         return _write_outcome(landed, rejected(lines, [reason], pd.DataFrame()), notes, settings)
     if landed.kind == "catalog":
-        result = validate_catalog(raw, settings.max_bad_row_share)
-    else:
+        return _write_outcome(landed, validate_catalog(raw, settings.max_bad_row_share), notes, settings)
+    # From the look-up of earlier batches' rows to the record of this one's, one batch at a time:
+    # two overlapping files validated at once must not both accept the rows they share.
+    with locked(settings.accepted_dir / "row-fingerprints"):
         result = validate_interactions(
             raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check, earlier_batches(settings)
         )
-    return _write_outcome(landed, result, notes, settings)
+        return _write_outcome(landed, result, notes, settings)
 
 
 def _one_line(error: Exception) -> str:
@@ -294,13 +329,10 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
         accepted_path = str(_merge_catalog(result.accepted, settings))
     elif result.rows_accepted:
         accepted_path = str(_write_parquet(result.accepted, settings.accepted_dir / f"{stem}.parquet"))
+        if settings.duplicate_window_days:
+            _write_array(np.unique(row_fingerprints(result.accepted).to_numpy()), fingerprints_path(accepted_path))
     report_path = _write_reports(stem, landed.file_name, result, notes, settings)
     times = result.accepted["event_time"] if result.rows_accepted and "event_time" in result.accepted else pd.Series(dtype="datetime64[ns, UTC]")
-    fingerprints = []
-    if landed.kind == "interactions" and result.rows_accepted and settings.duplicate_window_days:
-        days = (result.accepted["event_time"].astype("int64") // 86_400_000_000_000).to_numpy()
-        pairs = pd.DataFrame({"f": row_fingerprints(result.accepted).to_numpy(), "d": days}).drop_duplicates("f")
-        fingerprints = list(zip(pairs["f"].tolist(), pairs["d"].tolist()))
     reasons = notes + result.reasons
     status = status_of(result)
     ledger.record_outcome(
@@ -316,8 +348,6 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
         times.min().to_pydatetime() if len(times) else None,
         times.max().to_pydatetime() if len(times) else None,
         str(report_path),
-        fingerprints,
-        settings.duplicate_window_days,
     )
     return BatchValidation(
         landed.batch_id, landed.file_name, status, result.rows_in, result.rows_accepted,
@@ -369,6 +399,13 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_beside(path)
     frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def _write_array(values: np.ndarray, path: Path) -> Path:
+    tmp = temporary_beside(path, ".tmp.npy")  # np.save adds .npy to a name without it
+    np.save(tmp, values)
     tmp.replace(path)
     return path
 

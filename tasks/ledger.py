@@ -55,18 +55,6 @@ batches = sa.Table(
 one_record_per_file = sa.Index("one_record_per_file", batches.c.file_name, batches.c.sha256, unique=True)
 
 
-# Fingerprints of accepted rows, so a row landed again in a later file (overlapping exports) is
-# quarantined as a duplicate. Bounded: only rows within `duplicate_window_days` of the newest
-# recorded event are kept (see `remember_rows`).
-row_fingerprints = sa.Table(
-    "row_fingerprints",
-    metadata,
-    sa.Column("fingerprint", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("batch_id", sa.Integer, nullable=False),
-    sa.Column("event_day", sa.Integer, nullable=False, index=True),  # days since 1970-01-01 (UTC)
-)
-
-
 # Every move of a registry alias, in order. ``seq`` numbers the moves of one (model, alias) and is
 # unique: a run that wants to move the alias inserts the next number after the move it saw, so of
 # two runs that saw the same champion only the first insert succeeds (optimistic locking).
@@ -216,11 +204,7 @@ def record_outcome(
     min_event_time: datetime | None,
     max_event_time: datetime | None,
     report_path: str | None,
-    fingerprints: list[tuple[int, int]] = (),
-    duplicate_window_days: int = 0,
 ) -> None:
-    """Record what became of a batch and, in the same transaction, remember its accepted rows'
-    ``(fingerprint, event day)`` pairs (see `remember_rows`)."""
     with engine.begin() as conn:
         conn.execute(
             batches.update()
@@ -238,29 +222,6 @@ def record_outcome(
                 report_path=report_path,
             )
         )
-        if fingerprints:
-            remember_rows(conn, batch_id, fingerprints, duplicate_window_days)
-
-
-def remember_rows(conn: sa.Connection, batch_id: int, fingerprints: list[tuple[int, int]], window_days: int) -> None:
-    """Add a batch's row fingerprints and forget those more than ``window_days`` older than the
-    newest event remembered, so the index stays bounded by the window's traffic. A fingerprint
-    another batch holds already raises IntegrityError: two overlapping files validated at the
-    same moment; the caller's transaction is rolled back and the batch validated again later."""
-    conn.execute(row_fingerprints.insert(), [{"fingerprint": f, "batch_id": batch_id, "event_day": d} for f, d in fingerprints])
-    newest = conn.execute(sa.select(sa.func.max(row_fingerprints.c.event_day))).scalar()
-    conn.execute(row_fingerprints.delete().where(row_fingerprints.c.event_day < newest - window_days))
-
-
-def batches_holding(engine: sa.Engine, fingerprints: list[int], chunk: int = 20_000) -> dict[int, int]:
-    """Fingerprint -> the batch that holds it, for those of ``fingerprints`` the index remembers."""
-    found: dict[int, int] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(fingerprints), chunk):
-            part = fingerprints[start : start + chunk]
-            query = sa.select(row_fingerprints.c.fingerprint, row_fingerprints.c.batch_id).where(row_fingerprints.c.fingerprint.in_(part))
-            found.update((int(f), int(b)) for f, b in conn.execute(query).all())
-    return found
 
 
 def _batches_where(engine: sa.Engine, *conditions) -> list[BatchRecord]:

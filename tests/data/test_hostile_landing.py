@@ -149,14 +149,23 @@ def test_overlapping_daily_exports_are_accepted_once(settings, real_rows):
     assert_balanced(settings)
 
 
-def test_the_duplicate_index_keeps_only_the_window(settings):
-    engine = ledger.connect(settings.ledger_url)
-    one = ledger.record_received(engine, "interactions-1.csv", "1" * 64, 1, "interactions")
-    two = ledger.record_received(engine, "interactions-2.csv", "2" * 64, 1, "interactions")
-    ledger.record_outcome(engine, one, "accepted", 2, 2, 0, "", None, None, None, None, None, [(11, 100), (12, 140)], 35)
-    ledger.record_outcome(engine, two, "accepted", 1, 1, 0, "", None, None, None, None, None, [(21, 170)], 35)
-    # Day 100 is more than 35 days behind day 170: forgotten; day 140 is not.
-    assert ledger.batches_holding(engine, [11, 12, 21, 99]) == {12: one, 21: two}
+@needs_real_rows
+def test_the_duplicate_index_reads_only_the_window(settings, real_rows):
+    times = pd.to_datetime(real_rows["event_time"], utc=True)
+    first_day = real_rows[times.dt.date == times.dt.date.min()]
+    land_csv(settings, "interactions-day1.csv", first_day)
+    ingest(settings)
+    later = first_day.assign(event_time=(times[first_day.index] + pd.Timedelta(days=40)).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    land_csv(settings, "interactions-40-days-later.csv", later)
+    ingest(settings)
+    # Day 1 is now more than 35 days behind the newest event: its rows are no longer looked up.
+    land_csv(settings, "interactions-day1-again.csv", first_day.iloc[::-1])  # other bytes, the same rows
+    (again,) = ingest(settings)
+    assert "duplicate_of_earlier_batch" not in {r["expectation"] for r in again.rule_table if r["rows_failed"]}
+    settings.duplicate_window_days = 60
+    land_csv(settings, "interactions-day1-once-more.csv", first_day.sample(frac=1, random_state=0))
+    (once_more,) = ingest(settings)
+    assert once_more.rows_accepted == 0 and once_more.status == "quarantined"
 
 
 @needs_real_rows
