@@ -53,10 +53,10 @@ class Settings(BaseSettings):
     # The text encoding of CSV landing files. A byte that is not valid in it is shown as U+FFFD
     # and the row quarantined as an error (one bad byte never re-reads a whole file another way).
     landing_encoding: str = "utf-8"
-    # Accepted rows are remembered (a 64-bit fingerprint per row, in the ledger) for this many
-    # days of event time behind the newest event, so a row that lands again in a later file
-    # (overlapping exports) is quarantined as `duplicate_of_earlier_batch`. Rows older than the
-    # window are not checked. 0 turns the check off.
+    # A row that lands again in a later file (overlapping exports) is quarantined as
+    # `duplicate_of_earlier_batch` when the batch that accepted it has its newest event within
+    # this many days of the newest event recorded (a 64-bit fingerprint per accepted row is kept
+    # beside each accepted file; only the window's are read). 0 turns the check off.
     duplicate_window_days: int = Field(default=35, ge=0)
     # More bad rows than this share means the producer is broken, not the rows: reject the batch.
     max_bad_row_share: float = 0.2
