@@ -109,6 +109,11 @@ def cmd_history(args: argparse.Namespace) -> int:
             (m.mlflow_run_id or "-")[:12], m.reason,
         ))
     _print_table(table)
+    stuck = [b for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.decision in ("failed", "parked")]
+    if stuck:
+        print(f"\n{len(stuck)} batch(es) no version was trained on, their update failed (python -m flows ledger):")
+        for b in stuck:
+            print(f"  {b.id} {b.file_name}: {b.decision} after {b.update_attempts} attempt(s): {b.update_error}")
     client, _ = mlflow_client(settings)
     current = champion_version(client, settings)
     recorded = ledger.latest_move(ledger.connect(settings.ledger_url), settings.registered_model_name, settings.champion_alias)

@@ -7,6 +7,11 @@ retried for ever or forgotten, a run reporting Completed while a batch silently 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -21,12 +26,19 @@ from tasks.ingest import pipeline_problem
 from tests.conftest import TINY_SHOP
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(flow, settings):
     state = flow(settings, return_state=True)
     assert state.is_completed(), state.message
     return state.result(), state.message
+
+
+def cli(settings, *args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env |= {"FRESHREC_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def batch(settings, name: str) -> ledger.BatchRecord:
@@ -83,8 +95,12 @@ def test_a_batch_whose_update_fails_is_recorded_retried_then_parked(bootstrapped
     outcomes, _ = run(continuous_training, settings)
     assert outcomes == []  # parked: left alone until a person re-opens it
 
-    monkeypatch.setattr(monitor, "batch_drift", real_drift)  # the cause is fixed
-    assert ledger.retry_batch(ledger.connect(settings.ledger_url), record.id)
+    # A person sees it in the ledger and the history, fixes the cause, and re-opens it.
+    assert "parked (3x)" in cli(settings, "ledger").stdout
+    assert f"{record.id} interactions-week002.csv: parked after 3 attempt(s)" in cli(settings, "history").stdout
+    monkeypatch.setattr(monitor, "batch_drift", real_drift)
+    assert cli(settings, "ledger", "--retry", str(record.id)).returncode == 0
+    assert cli(settings, "ledger", "--retry", str(record.id)).returncode == 2  # nothing left to re-open
     (fixed,), _ = run(continuous_training, settings)
     assert fixed.batch == "interactions-week002.csv" and fixed.signals and fixed.status == "accepted"
     assert batch(settings, "interactions-week002.csv").decision in ("skip", "trained")
