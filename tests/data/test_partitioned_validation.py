@@ -15,7 +15,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-from data_checks.interactions import partition_by_order, read_landing_file, validate_interactions
+from data_checks.interactions import partition_by_order, validate_interactions
+from data_checks.landing import read_landing_bytes
 from data_checks.sources.online_retail import write_landing
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop, write_weeks
 from flows.settings import Settings
@@ -52,7 +53,8 @@ def test_a_synthetic_week_with_every_kind_of_bad_row_splits_the_same():
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"the real file is not at {SHARED_DATA}")
 def test_a_real_online_retail_month_splits_the_same(tmp_path: Path):
     written = write_landing(SHARED_DATA, tmp_path, "month")
-    raw, _ = read_landing_file(next(p for p in written if p.name.endswith("2011-01.csv")))
+    month = next(p for p in written if p.name.endswith("2011-01.csv"))
+    raw, _ = read_landing_bytes(month.read_bytes(), month.name)
     assert len(raw) > 30_000
     assert_same_split(raw)
 
