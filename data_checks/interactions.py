@@ -9,9 +9,7 @@ Every such row is quarantined under the name of the rule it broke; none is dropp
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,7 +34,7 @@ NUMERIC_COLUMNS = ("quantity", "price")
 # A column where more than this share of the values does not parse has the wrong type.
 WRONG_TYPE_SHARE = 0.5
 ID_COLUMNS = ("user_id", "item_id", "order_id", "country")
-# Where a byte the file's encoding could not decode shows (read_landing_file replaces it).
+# Where a byte the file's encoding could not decode shows (data_checks/landing.py decode replaces it).
 TEXT_COLUMNS = (*ID_COLUMNS, "event_type")
 REPLACEMENT_CHARACTER = "\ufffd"
 _NULL_MARKER_KEYS = frozenset(marker.casefold() for marker in NULL_MARKERS)
@@ -96,26 +94,6 @@ def row_rules(limits: ContractLimits) -> list[RowRule]:
         between("exact_duplicate", "_repeat", "policy", "an exact copy of an earlier row of the batch (the first is kept)",
                 max_value=0),
     ]
-
-
-def read_landing_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read a landing file as text, so nothing is lost or guessed before validation.
-
-    Returns the frame and notes on how it was read (a CSV that is not UTF-8 is read as Latin-1,
-    which decodes any byte, and the note says so).
-    """
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError("the file is empty (0 bytes)")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path).astype("string"), []
-    data = path.read_bytes()
-    try:
-        text, notes = data.decode("utf-8-sig"), []
-    except UnicodeDecodeError:
-        text, notes = data.decode("latin-1"), ["not UTF-8: read as Latin-1"]
-    frame = pd.read_csv(io.StringIO(text), dtype="string", keep_default_na=False, na_values=[""])
-    return frame, notes
 
 
 def coerce(raw: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +156,7 @@ def spread(per_value: pd.Series, codes: np.ndarray, index: pd.Index) -> pd.Serie
 
 
 def _ids(values: pd.Series) -> pd.Series:
-    stripped = values.str.strip()
+    stripped = values.str.strip().astype("string")
     return stripped.mask((stripped == "") | stripped.str.casefold().isin(_NULL_MARKER_KEYS))
 
 

@@ -27,6 +27,7 @@ from data_checks.interactions import (
     PartitionChecks,
     check_here,
     check_partition,
+    naive_time_count,
     row_fingerprints,
     validate_interactions,
 )
@@ -293,6 +294,9 @@ def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions
         return _write_outcome(landed, rejected(lines, [reason], pd.DataFrame()), notes, settings)
     if landed.kind == "catalog":
         return _write_outcome(landed, validate_catalog(raw, settings.max_bad_row_share), notes, settings)
+    naive = naive_time_count(raw) if "event_time" in raw.columns else 0
+    if naive:
+        notes.append(f"{naive:,} event_time value(s) carry no UTC offset: read as UTC")
     # From the look-up of earlier batches' rows to the record of this one's, one batch at a time:
     # two overlapping files validated at once must not both accept the rows they share.
     with locked(settings.accepted_dir / "row-fingerprints"):

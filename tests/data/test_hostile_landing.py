@@ -249,3 +249,53 @@ def test_an_unreadable_file_is_recorded_and_the_others_go_on(real_rows):
             assert answer.read() == repr(sorted([("interactions-locked.csv", "ignored", "cannot be read"), ("interactions-ok.csv", "interactions", "")]))
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@needs_real_rows
+def test_times_without_an_offset_are_utc_and_the_batch_says_so(settings, real_rows):
+    rows = real_rows.head(40).copy()
+    stamps = pd.to_datetime(rows["event_time"], utc=True)
+    # The producer's clock: half the rows with a Paris offset, half naive UTC.
+    rows["event_time"] = [
+        (s.tz_convert("Europe/Paris").isoformat() if i % 2 else s.strftime("%Y-%m-%d %H:%M:%S")) for i, s in enumerate(stamps)
+    ]
+    land_csv(settings, "interactions-mixed-times.csv", rows)
+    (result,) = ingest(settings)
+    assert "20 event_time value(s) carry no UTC offset: read as UTC" in result.reasons
+    accepted = pd.read_parquet(result.accepted_path)
+    assert set(accepted["event_time"]) <= set(stamps)  # every time is the instant it names, offset or not
+
+
+@needs_real_rows
+def test_parquet_ids_stored_as_numbers_and_naive_times(settings, real_rows):
+    rows = real_rows.dropna(subset=["user_id"]).head(60).copy()
+    rows["user_id"] = rows["user_id"].astype(float)  # 17850.0, as a careless export writes it
+    rows["event_time"] = pd.to_datetime(rows["event_time"], utc=True).dt.tz_localize(None)
+    rows["quantity"], rows["price"] = rows["quantity"].astype(int), rows["price"].astype(float)
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(settings.landing_dir / "interactions-typed.parquet", index=False)
+    (result,) = ingest(settings)
+    assert any("user_id is a float column" in r for r in result.reasons)
+    assert any("event_time has no time zone: read as UTC" in r for r in result.reasons)
+    accepted = pd.read_parquet(result.accepted_path)
+    assert not accepted["user_id"].str.endswith(".0").any() and accepted["user_id"].str.fullmatch(r"\d+").all()
+
+
+@needs_real_rows
+def test_spoiled_values_are_errors_or_missing_not_real_rows(settings, real_rows):
+    rows = real_rows.dropna(subset=["user_id"]).head(100).copy().reset_index(drop=True)
+    rows.loc[0:2, "quantity"] = ["inf", "1e30", str(2**63)]  # wrapped to a negative: a 'cancellation'
+    rows.loc[3:6, "user_id"] = ["NULL", "None", "nan", "NA"]
+    path = land_csv(settings, "interactions-spoiled.csv", rows)
+    data = bytearray(path.read_bytes())
+    at = data.index(rows.loc[7, "order_id"].encode()) + 1
+    data[at:at] = b"\xff"  # one invalid byte in one order id
+    path.write_bytes(bytes(data))
+    (result,) = ingest(settings)
+    failed = {r["expectation"]: r["rows_failed"] for r in result.rule_table}
+    assert failed["quantity_present"] == 3 and failed["cancellation"] == 0
+    assert failed["anonymous_user"] >= 4 and failed["text_encoding"] == 1  # one bad byte spoils its own row only
+    accepted = pd.read_parquet(result.accepted_path)
+    assert not accepted["user_id"].isin(["NULL", "None", "nan", "NA"]).any()
+    assert not accepted["order_id"].str.contains("\ufffd").any()
+    assert_balanced(settings)
