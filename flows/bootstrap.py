@@ -10,7 +10,7 @@ from prefect.states import Completed, State
 from flows.settings import Settings
 from flows.validate_landing import validate_new_files
 from tasks.gates import judge_challenger
-from tasks.registry import log_training_run, register_champion
+from tasks.registry import log_training_run, reconcile_registry, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
 from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
@@ -37,6 +37,7 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
+    reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
     existing = load_champion(settings)
     if existing is not None:
         raise ChampionExistsError(

@@ -11,7 +11,7 @@ from flows.validate_landing import validate_new_files
 from tasks.gates import decide, judge_challenger
 from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
-from tasks.registry import log_training_run, register_champion
+from tasks.registry import log_training_run, reconcile_registry, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
 from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
@@ -67,6 +67,7 @@ def continuous_training(settings: Settings | None = None) -> State:
     """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
+    reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
     if load_champion(settings) is None:
         raise NoChampionError(
             f"no {settings.registered_model_name}@{settings.champion_alias} in {settings.mlflow_tracking_uri}: "

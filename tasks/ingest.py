@@ -171,6 +171,9 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
         if seen is not None:
             if seen.status == "received":  # a run died before recording its outcome: redo it
                 new.append(LandedFile(seen.id, name, str(path), kind, digest))
+            elif seen.status == "ignored" and ledger.reopen_ignored(engine, seen.id):
+                # This content was registered once and changed before it could be read: back, settled, it is read now.
+                new.append(LandedFile(seen.id, name, str(path), kind, digest))
             continue
         original = ledger.find_by_hash(engine, digest)
         if original is not None:

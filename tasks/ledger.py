@@ -191,6 +191,17 @@ def record_received(engine: sa.Engine, file_name: str, sha256: str, size_bytes: 
     return int(result.inserted_primary_key[0])
 
 
+def reopen_ignored(engine: sa.Engine, batch_id: int) -> bool:
+    """Make an ignored record of real content (a file that changed while it was read) received
+    again, to be validated now; False when another run reopened it first."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            batches.update().where(batches.c.id == batch_id, batches.c.status == "ignored", batches.c.sha256 != "")
+            .values(status="received", reasons="")
+        )
+    return result.rowcount == 1
+
+
 def record_outcome(
     engine: sa.Engine,
     batch_id: int,
@@ -407,10 +418,15 @@ def claim_move(
     reason: str,
     mlflow_run_id: str | None = None,
     flow_run_id: str | None = None,
+    consumed_batch_ids: list[int] | None = None,
 ) -> AliasMove | None:
     """Record that ``alias`` moves from ``expected_from`` to ``to_version``, if the last recorded
     move left it at ``expected_from`` (or none is recorded); None when another run moved it
-    first. Call it before moving the alias in the registry, and `release_move` if that fails."""
+    first. In the same transaction the batches ``consumed_batch_ids`` are marked consumed by
+    ``to_version``: a promotion and the data it was trained on are recorded together or not at
+    all. Call it before moving the alias in the registry: from then on the move is the ledger's
+    word, and the registry follows it (tasks/registry.py `apply_move`, now or in the next run's
+    `reconcile`)."""
     last = latest_move(engine, model_name, alias)
     if last is not None and last.to_version != expected_from:
         return None
@@ -422,15 +438,29 @@ def claim_move(
     try:
         with engine.begin() as conn:
             move_id = conn.execute(alias_moves.insert().values(**values)).inserted_primary_key[0]
+            if consumed_batch_ids:
+                conn.execute(
+                    batches.update().where(batches.c.id.in_(consumed_batch_ids)).values(consumed_by_version=to_version)
+                )
     except sa.exc.IntegrityError:  # a concurrent run inserted the same seq first
         return None
     return AliasMove(id=int(move_id), **values)
 
 
 def release_move(engine: sa.Engine, move_id: int) -> None:
-    """Undo a claim whose registry move failed, so the trail never names a move that did not happen."""
+    """Undo a recorded move whose version the registry does not have, so the trail never names a
+    move that cannot happen. A promotion's batches are released with it (consumed by no version
+    again: the next update trains on them); a version is promoted once, so the batches consumed
+    by a promotion's version are exactly the ones its claim marked."""
     with engine.begin() as conn:
+        row = conn.execute(sa.select(alias_moves).where(alias_moves.c.id == move_id)).mappings().first()
+        if row is None:
+            return
         conn.execute(alias_moves.delete().where(alias_moves.c.id == move_id))
+        if row["action"] == "promote":
+            conn.execute(
+                batches.update().where(batches.c.consumed_by_version == row["to_version"]).values(consumed_by_version=None)
+            )
 
 
 def moves(engine: sa.Engine, model_name: str | None = None) -> list[AliasMove]:

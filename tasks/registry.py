@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import mlflow.data
 import pandas as pd
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -33,6 +34,7 @@ from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo
 from tasks.training import Challenger, Evaluation, TrainingData
 
 PREVIOUS_ALIAS = "previous-champion"
+RECONCILE_ROUNDS = 5  # moves applied in one reconciliation at most, while other runs keep moving the alias
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # shipped with the model as its code
 
 
@@ -201,9 +203,9 @@ def register(
 ) -> Registration:
     """Register the model and move the champion alias to it, only if the champion is still the
     version this challenger was compared with. After registering, the move is claimed in the
-    ledger (a unique sequence number per alias) before the alias moves, so of two runs that
-    compared with the same champion exactly one promotes; the other's version is removed again
-    and its run says why."""
+    ledger (a unique sequence number per alias, and the batches consumed, in one transaction)
+    before the alias moves, so of two runs that compared with the same champion exactly one
+    promotes; the other's version is removed again and its run says why."""
     client, _ = mlflow_client(settings)
     engine = ledger.connect(settings.ledger_url)
     name, alias = settings.registered_model_name, settings.champion_alias
@@ -214,7 +216,9 @@ def register(
         return _not_promoted(client, run_id, f"@{alias} moved from version {compared or 'none'} to {moved_to} while this challenger trained")
     version = mlflow.register_model(model_uri, name, tags=tags).version
     reason = json.loads(tags["freshrec.verdict_reasons"])
-    move = ledger.claim_move(engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id)
+    move = ledger.claim_move(
+        engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id, consumed_batch_ids=batch_ids
+    )
     if move is None:
         client.delete_model_version(name, version)  # it never served: the registry lists champions only
         latest = ledger.latest_move(engine, name, alias)
@@ -223,16 +227,108 @@ def register(
             f"the last recorded move of @{alias} is to version {latest.to_version if latest else None}, not version "
             f"{compared} that this challenger was compared with (another run promoted first; see `python -m flows history`)",
         )
-    try:
-        if compared is not None:
-            client.set_registered_model_alias(name, PREVIOUS_ALIAS, compared)
-        client.set_registered_model_alias(name, alias, version)
-    except Exception:
-        ledger.release_move(engine, move.id)
-        raise
-    ledger.mark_consumed(engine, batch_ids, str(version))
-    client.set_tag(run_id, "freshrec.promotion", f"promoted to version {version}")
+    # From here the promotion is the ledger's word: should this process die or the registry fail
+    # below, the next run's `reconcile` finishes the move (nothing here is released or redone).
+    apply_move(client, engine, settings, move)
     return Registration(str(version), f"version {version} is now @{alias}")
+
+
+def expected_aliases(engine: sa.Engine, client: MlflowClient, settings: Settings, move: ledger.AliasMove) -> dict[str, str]:
+    """The champion and previous-champion aliases as the recorded ``move`` leaves them."""
+    aliases = {settings.champion_alias: move.to_version}
+    before = previous_champion(engine, client, settings, move.to_version)
+    if before is not None and before != move.to_version:
+        aliases[PREVIOUS_ALIAS] = before
+    return aliases
+
+
+def apply_move(client: MlflowClient, engine: sa.Engine, settings: Settings, move: ledger.AliasMove) -> None:
+    """Bring the registry to a move the ledger recorded: the tags the move puts on its versions
+    and runs, previous-champion, and the champion alias last. Each step sets what the move
+    determines, so applying it again (the next run's `reconcile` after a crash) does no harm,
+    and a champion alias that agrees with the move means every step before it was done."""
+    name, alias = settings.registered_model_name, settings.champion_alias
+    if move.action == "promote" and move.mlflow_run_id:
+        client.set_tag(move.mlflow_run_id, "freshrec.promotion", f"promoted to version {move.to_version}")
+    rolled_back_from = move.from_version if move.action == "rollback" and move.from_version != move.to_version else None
+    if rolled_back_from is not None and _has_version(client, name, rolled_back_from):  # it may be deleted since
+        rolled_back = {"at": move.moved_at.isoformat(), "to": move.to_version, "reason": move.reason}
+        client.set_model_version_tag(name, rolled_back_from, "freshrec.rolled_back", json.dumps(rolled_back))
+    aliases = expected_aliases(engine, client, settings, move)
+    if PREVIOUS_ALIAS in aliases:
+        client.set_registered_model_alias(name, PREVIOUS_ALIAS, aliases[PREVIOUS_ALIAS])
+    elif _has_alias(client, name, PREVIOUS_ALIAS):
+        client.delete_registered_model_alias(name, PREVIOUS_ALIAS)
+    client.set_registered_model_alias(name, alias, move.to_version)
+
+
+class ReconcileError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What `reconcile` found and changed."""
+
+    alias: str
+    move: ledger.AliasMove | None  # the last recorded move of the alias, which the registry now agrees with
+    found: dict[str, str]  # the alias and previous-champion as the registry had them (absent: not set)
+    applied: bool = False  # the registry disagreed with ``move`` and was brought to it
+    released: tuple[ledger.AliasMove, ...] = ()  # recorded moves to versions the registry does not have
+
+    @property
+    def repairs(self) -> list[str]:
+        """What was repaired, in words; empty when registry and ledger agreed."""
+        alias = self.alias
+        lines = [
+            f"released recorded move #{m.seq} ({m.action} of @{alias} from version {m.from_version or 'none'} to "
+            f"{m.to_version}): the registry has no version {m.to_version}"
+            + ("; the batches it consumed wait for the next update" if m.action == "promote" else "")
+            for m in self.released
+        ]
+        if self.applied:
+            had = ", ".join(f"@{a} = {self.found.get(a, 'none')}" for a in (alias, PREVIOUS_ALIAS))
+            lines.append(
+                f"the registry had {had}, behind the ledger's last move #{self.move.seq} ({self.move.action} from version "
+                f"{self.move.from_version or 'none'} to {self.move.to_version}): moved it there (a run stopped between "
+                "recording the move and moving the aliases, or the aliases were moved outside freshrec)"
+            )
+        return lines
+
+
+def reconcile(settings: Settings) -> Reconciliation:
+    """Bring the registry's champion and previous-champion to the ledger's last recorded move
+    when they disagree: a run stopped between recording a move and moving the aliases leaves them
+    apart, and so does an alias moved by hand. A recorded move to a version the registry does not
+    have is released (with the batches a promotion consumed) and the move before it applies."""
+    client, _ = mlflow_client(settings)
+    engine = ledger.connect(settings.ledger_url)
+    name, alias = settings.registered_model_name, settings.champion_alias
+    released = []
+    while (move := ledger.latest_move(engine, name, alias)) is not None and not _has_version(client, name, move.to_version):
+        if not released and not _has_model(client, name):
+            # Not a lost version but a different registry: releasing would erase the trail.
+            raise ReconcileError(
+                f"the ledger at {engine.url.render_as_string(hide_password=True)} records moves of {name}, but the registry at "
+                f"{settings.mlflow_tracking_uri} has no such model: is the tracking URI right?"
+            )
+        ledger.release_move(engine, move.id)
+        released.append(move)
+    if move is None:
+        return Reconciliation(alias, None, {}, released=tuple(released))
+    found = _aliases(client, name, (alias, PREVIOUS_ALIAS))
+    if found == expected_aliases(engine, client, settings, move):
+        return Reconciliation(alias, move, found, released=tuple(released))
+    # Another run may be applying this move right now: both write the same values. A run that
+    # claimed a newer move after the trail was read applies it after its claim, but maybe before
+    # this: so the trail is read again after each move applied here, until it stands still.
+    for _ in range(RECONCILE_ROUNDS):
+        apply_move(client, engine, settings, move)
+        latest = ledger.latest_move(engine, name, alias)
+        if latest is None or latest.id == move.id:
+            break
+        move = latest
+    return Reconciliation(alias, move, found, applied=True, released=tuple(released))
 
 
 class RollbackError(RuntimeError):
@@ -257,19 +353,25 @@ def previous_champion(engine, client: MlflowClient, settings: Settings, version:
 def rollback(settings: Settings, reason: str, to_version: str | None = None, flow_run_id: str | None = None) -> ledger.AliasMove:
     """Move the champion alias back to the version the current champion replaced (or to
     ``to_version``), record the move and why in the ledger, and tag the version rolled back from.
-    ``previous-champion`` then names the version before the new champion, so a second rollback
-    goes one step further back."""
+    ``previous-champion`` then names the version before the new champion, so a second rollback,
+    for another reason, goes one step further back; the same one again changes nothing."""
     if not reason.strip():
         raise RollbackError("a rollback needs a reason: it is kept in the audit trail")
     client, _ = mlflow_client(settings)
     engine = ledger.connect(settings.ledger_url)
     name, alias = settings.registered_model_name, settings.champion_alias
+    last = ledger.latest_move(engine, name, alias)
+    asked_again = last is not None and last.action == "rollback" and last.reason == reason
+    if asked_again and (to_version is None or str(to_version) == last.to_version):
+        # The same rollback asked again (its run was killed, or its answer lost): the alias moves
+        # once. To go a step further back, say why again in other words.
+        apply_move(client, engine, settings, last)
+        return last
     current = champion_version(client, settings)
     if current is None:
         raise RollbackError(f"{name} has no @{alias}: nothing to roll back")
     # The ledger decides who moves the alias: the move starts from the last recorded champion,
     # whatever the registry says, so a rollback also repairs an alias moved by hand outside freshrec.
-    last = ledger.latest_move(engine, name, alias)
     recorded = last.to_version if last else str(current.version)
     target = str(to_version) if to_version is not None else previous_champion(engine, client, settings, recorded)
     if target is None:
@@ -283,23 +385,36 @@ def rollback(settings: Settings, reason: str, to_version: str | None = None, flo
     move = ledger.claim_move(engine, name, alias, recorded, target, "rollback", reason, target_version.run_id, flow_run_id)
     if move is None:
         raise RollbackError("the champion moved while rolling back; see `python -m flows history` and try again")
-    try:
-        client.set_registered_model_alias(name, alias, target)
-        before = previous_champion(engine, client, settings, target)
-        if before is not None and before != target:
-            client.set_registered_model_alias(name, PREVIOUS_ALIAS, before)
-        elif _has_alias(client, name, PREVIOUS_ALIAS):
-            client.delete_registered_model_alias(name, PREVIOUS_ALIAS)
-    except Exception:
-        ledger.release_move(engine, move.id)
-        raise
-    if recorded != target:
-        client.set_model_version_tag(name, recorded, "freshrec.rolled_back", json.dumps({"at": move.moved_at.isoformat(), "to": target, "reason": reason}))
+    apply_move(client, engine, settings, move)
     return move
 
 
 def _has_alias(client: MlflowClient, name: str, alias: str) -> bool:
     return alias in client.get_registered_model(name).aliases
+
+
+def _aliases(client: MlflowClient, name: str, aliases: tuple[str, ...]) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items() if alias in aliases}
+
+
+def _has_version(client: MlflowClient, name: str, version: str) -> bool:
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def _has_model(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def _not_promoted(client: MlflowClient, run_id: str, reason: str) -> Registration:
@@ -343,6 +458,18 @@ def register_champion(
     else:
         logger.info("registered %s version %s as @%s", settings.registered_model_name, registration.version, settings.champion_alias)
     return registration
+
+
+# Retries: reconciling is idempotent, and it talks to both stores.
+@task(name="reconcile-registry", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def reconcile_registry(settings: Settings) -> Reconciliation:
+    reconciliation = reconcile(settings)
+    logger = get_run_logger()
+    for repair in reconciliation.repairs:
+        logger.warning("repaired: %s", repair)
+    if reconciliation.move is not None and not reconciliation.applied:
+        logger.info("the registry agrees with the ledger: @%s is version %s", settings.champion_alias, reconciliation.move.to_version)
+    return reconciliation
 
 
 @task(name="roll-back-champion", cache_policy=NO_CACHE)

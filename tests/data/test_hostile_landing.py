@@ -188,6 +188,9 @@ def test_a_file_that_changes_after_it_was_registered_is_not_validated_as_registe
     assert result.status == "ignored" and "changed after it was registered" in result.reasons[0]
     (again,) = ingest(settings)  # its final content is a batch of its own
     assert again.rows_in == 200 and again.batch_id != landed.batch_id
+    land_csv(settings, path.name, real_rows.head(100))  # and the first content, landed again, is read at last
+    (first,) = ingest(settings)
+    assert first.batch_id == landed.batch_id and first.rows_in == 100 and first.status != "ignored"
     assert_balanced(settings)
 
 
