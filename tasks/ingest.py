@@ -199,17 +199,19 @@ def _ignore(engine, known: dict, name: str, reason: str) -> list[LandedFile]:
     return [] if batch_id is None else [LandedFile(batch_id, key[0], "", "ignored", IGNORED_HASH, reason)]
 
 
+def validation_of(b: ledger.BatchRecord) -> BatchValidation:
+    """A batch as the ledger recorded it."""
+    return BatchValidation(
+        b.id, b.file_name, b.status, b.rows_in, b.rows_accepted, b.rows_quarantined,
+        [r for r in b.reasons.split("; ") if r], b.accepted_path, b.quarantine_path, b.report_path, kind=b.kind,
+        max_event_time=b.max_event_time, decision=b.decision, update_attempts=b.update_attempts, update_error=b.update_error,
+    )
+
+
 def undecided(settings: Settings) -> list[BatchValidation]:
     """Validated batches waiting for an update decision, oldest first: new ones, and those an
     earlier run began and did not finish or that failed (a batch out of attempts is parked)."""
-    return [
-        BatchValidation(
-            b.id, b.file_name, b.status, b.rows_in, b.rows_accepted, b.rows_quarantined,
-            [r for r in b.reasons.split("; ") if r], b.accepted_path, b.quarantine_path, b.report_path,
-            max_event_time=b.max_event_time, decision=b.decision, update_attempts=b.update_attempts, update_error=b.update_error,
-        )
-        for b in ledger.undecided_batches(ledger.connect(settings.ledger_url), settings.max_batch_attempts)
-    ]
+    return [validation_of(b) for b in ledger.undecided_batches(ledger.connect(settings.ledger_url), settings.max_batch_attempts)]
 
 
 def contract_limits(settings: Settings) -> ContractLimits:
@@ -228,10 +230,11 @@ def fingerprints_path(accepted_path: str | Path) -> Path:
     return path.with_name(path.stem + FINGERPRINTS_SUFFIX)
 
 
-def earlier_batches(settings: Settings) -> EarlierBatches | None:
-    """The look-up of rows accepted from earlier batches: the fingerprints of the batches whose
-    newest event lies within ``duplicate_window_days`` of the newest event recorded (a bounded
-    index, 8 bytes a row, never a re-read of history). None when the check is off."""
+def earlier_batches(settings: Settings, batch_id: int) -> EarlierBatches | None:
+    """The look-up of rows other batches accepted before batch ``batch_id``: the fingerprints of
+    the batches whose newest event lies within ``duplicate_window_days`` of the newest event
+    recorded (a bounded index, 8 bytes a row, never a re-read of history). None when the check
+    is off."""
     if not settings.duplicate_window_days:
         return None
 
@@ -240,7 +243,7 @@ def earlier_batches(settings: Settings) -> EarlierBatches | None:
         held = np.zeros(len(fingerprints), dtype=np.int64)
         batches = [
             b for b in ledger.all_batches(ledger.connect(settings.ledger_url))
-            if b.kind == "interactions" and b.rows_accepted and b.accepted_path and b.max_event_time is not None
+            if b.kind == "interactions" and b.rows_accepted and b.accepted_path and b.max_event_time is not None and b.id != batch_id
         ]
         if not batches:
             return pd.Series(held, index=typed.index)
@@ -303,8 +306,12 @@ def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions
     # From the look-up of earlier batches' rows to the record of this one's, one batch at a time:
     # two overlapping files validated at once must not both accept the rows they share.
     with locked(settings.accepted_dir / "row-fingerprints"):
+        recorded = ledger.batch(ledger.connect(settings.ledger_url), landed.batch_id)
+        if recorded is not None and recorded.status != "received":
+            return validation_of(recorded)  # a run working at the same time validated it while this one waited
         result = validate_interactions(
-            raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check, earlier_batches(settings)
+            raw, settings.max_bad_row_share, contract_limits(settings), settings.validation_partitions, check,
+            earlier_batches(settings, landed.batch_id),
         )
         return _write_outcome(landed, result, notes, settings)
 

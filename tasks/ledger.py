@@ -191,6 +191,11 @@ def record_received(engine: sa.Engine, file_name: str, sha256: str, size_bytes: 
     return int(result.inserted_primary_key[0])
 
 
+def batch(engine: sa.Engine, batch_id: int) -> BatchRecord | None:
+    found = _batches_where(engine, batches.c.id == batch_id)
+    return found[0] if found else None
+
+
 def reopen_ignored(engine: sa.Engine, batch_id: int) -> bool:
     """Make an ignored record of real content (a file that changed while it was read) received
     again, to be validated now; False when another run reopened it first."""

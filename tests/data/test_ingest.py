@@ -176,3 +176,21 @@ def test_two_runs_merging_the_catalog_at_once_keep_both_runs_items(settings):
     race(_merge_catalogs_at_barrier, [(settings, "a"), (settings, "b")], timeout=120)
     merged = load_catalog(settings)
     assert sorted(merged["item_id"]) == sorted([f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)])
+
+
+def _validate_at_barrier(barrier, results, settings, landed) -> None:
+    barrier.wait()
+    result = validate_file(landed, settings)
+    results.put((result.status, result.rows_accepted))
+
+
+def test_two_runs_validating_one_received_batch_at_once_record_it_once(settings):
+    """A batch left `received` is validated again by the next run, which may be working at the
+    same moment as the run that registered it: the second must not read the first's accepted
+    rows as duplicates of its own batch."""
+    write_weeks(settings.landing_dir, range(0, 1), config=TINY_SHOP)
+    (landed,) = [f for f in find_new_files(settings) if f.kind == "interactions"]
+    outcomes = race(_validate_at_barrier, [(settings, landed), (settings, landed)], timeout=180)
+    (record,) = [r for r in ledger.all_batches(ledger.connect(settings.ledger_url)) if r.id == landed.batch_id]
+    assert record.status == "accepted" and record.rows_accepted == record.rows_in > 0
+    assert outcomes == [("accepted", record.rows_accepted)] * 2

@@ -182,7 +182,7 @@ def test_two_deployment_runs_at_once_take_turns(deployed):
     moves, batches = moves_and_batches(deployed.home)
     assert len(moves) - moves_before <= 1  # one new batch: at most one promotion
     (week2,) = [b for b in batches if b.file_name == "interactions-week002.csv"]
-    assert week2.decision == "update"
+    assert week2.decision == "trained"  # updated on, to the end (promoted or not)
     assert_ledger_consistent(deployed)
 
 
@@ -207,5 +207,5 @@ def test_two_runs_started_by_hand_at_once_promote_at_most_once(deployed):
     moves, batches = moves_and_batches(deployed.home)
     assert len(moves) - moves_before == len(promoted)
     (record,) = [b for b in batches if b.file_name == "interactions-week003.csv"]
-    assert record.decision == "update"
+    assert record.decision == "trained"
     assert_ledger_consistent(deployed)

@@ -193,7 +193,7 @@ def _free_port() -> int:
 def test_champion_serves_over_http_with_mlflow_models_serve(settings, prefect_server):
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     assert bootstrap(settings, return_state=True).is_completed()
-    known_user = str(__import__("pandas").read_parquet(settings.accepted_dir / "interactions-week000.parquet")["user_id"].iloc[0])
+    known_user = str(__import__("pandas").read_parquet(next(settings.accepted_dir.glob("*-interactions-week000.parquet")))["user_id"].iloc[0])
 
     port = _free_port()
     # The server execs `uvicorn` from PATH: the environment's bin directory must be on it, as in

@@ -89,7 +89,7 @@ def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_se
     # The champion, read back by alias, serves known users and strangers.
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{settings.registered_model_name}@champion")
-    known_user = pd.read_parquet(settings.accepted_dir / "interactions-week000.parquet")["user_id"].iloc[0]
+    known_user = pd.read_parquet(next(settings.accepted_dir.glob("*-interactions-week000.parquet")))["user_id"].iloc[0]
     recs = model.predict(pd.DataFrame({"user_id": [known_user, "never-seen"], "k": [5, 5]}))
     assert recs.groupby("user_id").size().to_dict() == {known_user: 5, "never-seen": 5}
     assert champion.run_id and client.get_run(champion.run_id).data.params["trained_until"]
