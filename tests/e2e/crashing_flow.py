@@ -1,4 +1,4 @@
-"""Run one real flow in this process and SIGKILL it at one point of an alias move: what a lost
+"""Run one real flow in this process and SIGKILL it at one point of an update: what a lost
 node, an OOM kill or a power cut does to a run. test_crash_windows.py starts it as
 
     python -m tests.e2e.crashing_flow FLOW WINDOW [REASON]
@@ -7,7 +7,8 @@ with the test's settings in FRESHREC_* and its Prefect server in PREFECT_API_URL
 monkeypatched here, not hooked in production code:
 
 - ``claimed``: right after the ledger recorded the move, before the registry was touched;
-- ``champion-moved``: right after the registry moved the champion alias.
+- ``champion-moved``: right after the registry moved the champion alias;
+- ``training``: during an update's training, right after its first epoch's checkpoint.
 
 Exits 3 when the flow ended without reaching the window (the test then says so).
 """
@@ -53,9 +54,21 @@ def kill_after_champion_moved(champion_alias: str) -> None:
     MlflowClient.set_registered_model_alias = set_then_die
 
 
+def kill_after_first_epoch() -> None:
+    """The training task renews the batch's lease after each epoch's checkpoint: die there."""
+    def die_instead(*args, **kwargs):
+        die()
+
+    ledger.renew_lease = die_instead
+
+
 def main(flow_name: str, window: str, reason: str = "") -> int:
     settings = Settings()
-    {"claimed": kill_after_claim, "champion-moved": lambda: kill_after_champion_moved(settings.champion_alias)}[window]()
+    {
+        "claimed": kill_after_claim,
+        "champion-moved": lambda: kill_after_champion_moved(settings.champion_alias),
+        "training": kill_after_first_epoch,
+    }[window]()
     if flow_name == "bootstrap":
         from flows.bootstrap import bootstrap
 

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +31,8 @@ from flows.bootstrap import ChampionExistsError, bootstrap
 from flows.continuous_training import continuous_training
 from flows.rollback import rollback
 from flows.settings import Settings
+from models import train as train_module
+from models.train import Recommender
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS
@@ -49,12 +52,12 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(home=tmp_path / "freshrec", **OVERRIDES)
 
 
-def killed(settings: Settings, flow_name: str, window: str, reason: str = "") -> None:
+def killed(settings: Settings, flow_name: str, window: str, reason: str = "", **overrides) -> None:
     """Run ``flow_name`` in a child process that SIGKILLs itself at ``window``."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
-    env |= {f"FRESHREC_{key.upper()}": str(value) for key, value in OVERRIDES.items()}
+    env |= {f"FRESHREC_{key.upper()}": str(value) for key, value in {**OVERRIDES, **overrides}.items()}
     env |= {"FRESHREC_HOME": str(settings.home), "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's server
     child = subprocess.run(
         [sys.executable, "-m", "tests.e2e.crashing_flow", flow_name, window, reason],
@@ -177,3 +180,28 @@ def test_rollback_killed_then_run_again_moves_back_once(settings, prefect_server
     promoted_next(settings)
     moves = assert_consistent(settings)
     assert [(m.action, m.from_version, m.to_version) for m in moves[2:4]] == [("rollback", "2", "1"), ("promote", "1", "3")]
+
+
+def test_an_update_killed_during_training_is_resumed_from_its_last_epoch(settings, prefect_server, monkeypatch):
+    bootstrapped(settings)  # weeks 2 and 3 wait: week 3 brings enough rows for an update
+    killed(settings, "continuous-training", "training", batch_lease_seconds=1)
+    engine = ledger.connect(settings.ledger_url)
+    week3 = next(b for b in ledger.all_batches(engine) if b.file_name == "interactions-week003.csv")
+    assert week3.decision == "update" and week3.update_attempts == 1 and week3.consumed_by_version is None
+    (progress,) = settings.checkpoints_dir.glob("training-*.pt")
+    assert Recommender.load(progress).epochs_done == 1  # the killed run finished one epoch
+
+    resumed_at = []
+    resume = train_module._resume
+    monkeypatch.setattr(train_module, "_resume", lambda recommender, path: resumed_at.append(path) or resume(recommender, path))
+    time.sleep(1.5)  # the killed run's lease lapses
+    outcomes = completed(continuous_training, settings).result()
+    (again,) = [o for o in outcomes if o.batch == "interactions-week003.csv"]
+    assert again.update and again.challenger_recall is not None  # taken up again, and reported
+    assert resumed_at == [progress]  # from the killed run's checkpoint, not from the start
+    assert not progress.exists()  # finished: the challenger file is the result
+    week3 = next(b for b in ledger.all_batches(engine) if b.file_name == "interactions-week003.csv")
+    assert week3.update_attempts == 2 and week3.decision == "trained" and week3.lease_until is None
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(again.mlflow_run_id)
+    assert run.data.params["epochs"] == str(settings.finetune_epochs)  # one epoch then, the rest now
+    assert_consistent(settings)
