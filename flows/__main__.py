@@ -120,8 +120,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if recorded is not None and (current is None or str(current.version) != recorded.to_version):
         print(
             f"\nwarning: the registry has @{settings.champion_alias} = {current.version if current else None}, but the last "
-            f"recorded move is to version {recorded.to_version}: the alias was moved outside freshrec. "
-            f"`python -m flows rollback --to VERSION --reason ...` records where it should be.",
+            f"recorded move is to version {recorded.to_version}: a run was stopped in the middle of the move, or the alias "
+            f"was moved outside freshrec. The next flow run (its reconcile-registry task) moves it to version "
+            f"{recorded.to_version}; to serve another version, `python -m flows rollback --to VERSION --reason ...`.",
             file=sys.stderr,
         )
         return 1
