@@ -309,8 +309,8 @@ def reconcile(settings: Settings) -> Reconciliation:
         if not released and not _has_model(client, name):
             # Not a lost version but a different registry: releasing would erase the trail.
             raise ReconcileError(
-                f"the ledger at {engine.url.render_as_string(hide_password=True)} records moves of {name}, but the registry at "
-                f"{settings.mlflow_tracking_uri} has no such model: is the tracking URI right?"
+                f"the ledger records moves of {name}, but the MLflow registry this run reaches has no such model: "
+                "is the tracking URI (FRESHREC_MLFLOW_TRACKING_URI or MLFLOW_TRACKING_URI) right?"
             )
         ledger.release_move(engine, move.id)
         released.append(move)

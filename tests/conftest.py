@@ -52,6 +52,13 @@ def race(target: Callable, argument_lists: list[tuple], timeout: float = 300) ->
     return outcomes
 
 
+def completed_run(flow, settings):
+    """Run ``flow`` on ``settings``; it must end Completed. Returns its result and message."""
+    state = flow(settings, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.message
+
+
 @pytest.fixture(autouse=True)
 def no_tracking_uri_left_behind():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,

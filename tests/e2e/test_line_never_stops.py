@@ -24,15 +24,10 @@ from tasks import monitor
 from tasks import ingest
 from tasks.ingest import pipeline_problem
 from tests.conftest import TINY_SHOP
+from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(flow, settings):
-    state = flow(settings, return_state=True)
-    assert state.is_completed(), state.message
-    return state.result(), state.message
 
 
 def cli(settings, *args) -> subprocess.CompletedProcess:

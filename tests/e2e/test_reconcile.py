@@ -87,6 +87,6 @@ def test_a_registry_without_the_model_is_refused_and_the_trail_kept(settings):
     engine = ledger.connect(settings.ledger_url)
     ledger.claim_move(engine, settings.registered_model_name, settings.champion_alias, None, "1", "promote", "bootstrap")
 
-    with pytest.raises(ReconcileError, match="has no such model: is the tracking URI right"):
+    with pytest.raises(ReconcileError, match="has no such model: is the tracking URI"):
         reconcile(settings)
     assert [m.to_version for m in ledger.moves(engine)] == ["1"]

@@ -23,15 +23,10 @@ from flows.bootstrap import ChampionExistsError, bootstrap
 from flows.continuous_training import NoChampionError, continuous_training
 from tasks import ledger
 from tests.conftest import TINY_SHOP
+from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(flow, settings):
-    state = flow(settings, return_state=True)
-    assert state.is_completed(), state.message
-    return state.result(), state.message
 
 
 def test_bootstrap_then_two_updates_and_the_champion_serves(settings, prefect_server):
