@@ -258,7 +258,8 @@ def check_here(parts: list[pd.DataFrame], limits: ContractLimits) -> list[Partit
 
 
 # Earlier batches holding a row: for each typed row, the ledger id of an earlier batch that
-# accepted the same row, or 0 (tasks/ingest.py looks them up in the ledger's bounded index).
+# accepted the same row, or 0 (tasks/ingest.py looks them up in the fingerprints kept beside
+# the accepted files of the batches in the window).
 EarlierBatches = Callable[[pd.DataFrame], pd.Series]
 FINGERPRINT_COLUMNS = ("user_id", "item_id", "event_time", "quantity", "price", "order_id", "country", "event_type")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-ID_COLUMNS = ("user_id", "item_id", "order_id")
+KEY_COLUMNS = ("user_id", "item_id", "order_id")  # ids a Parquet file may store as numbers
 # Whole numbers up to this are exact in a float64: a float id column is written without ".0".
 EXACT_FLOAT_INTEGER = 2**53
 
@@ -85,13 +85,13 @@ def parquet_as_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     notes, text = [], pd.DataFrame(index=frame.index)
     for column in frame.columns:
         values = frame[column]
-        if pd.api.types.is_float_dtype(values) and column in ID_COLUMNS:
+        if pd.api.types.is_float_dtype(values) and column in KEY_COLUMNS:
             present = values.dropna()
             whole = bool(np.isfinite(present).all() and (present == np.floor(present)).all() and (present.abs() < EXACT_FLOAT_INTEGER).all())
             if whole:
                 values = values.astype("Int64")
                 notes.append(f"{column} is a float column: whole numbers read without '.0' (store ids as strings)")
-        elif pd.api.types.is_integer_dtype(values) and column in ID_COLUMNS:
+        elif pd.api.types.is_integer_dtype(values) and column in KEY_COLUMNS:
             notes.append(f"{column} is an integer column: read as decimal text, without any leading zeros the source had (store ids as strings)")
         elif pd.api.types.is_datetime64_any_dtype(values):
             if values.dt.tz is None:
