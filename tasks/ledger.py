@@ -25,7 +25,7 @@ batches = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False, index=True),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),  # interactions | catalog
+    sa.Column("kind", sa.String(32), nullable=False),  # interactions | catalog | other (an ignored entry)
     # received | accepted | partially_accepted | quarantined (every row, nothing accepted) | rejected |
     # duplicate (the content of an earlier file) | ignored (not processed: the reason says why)
     sa.Column("status", sa.String(32), nullable=False),
@@ -39,8 +39,9 @@ batches = sa.Table(
     sa.Column("min_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("max_event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("consumed_by_version", sa.String(32), nullable=True),
-    # What continuous training decided: skip | update (claimed; consumed_by_version says when it is
-    # done) | failed (the last attempt failed: a later run tries again) | parked (given up, see update_error)
+    # What continuous training decided: skip | update (claimed, a run is working on it) | trained (the
+    # update ran to its end; consumed_by_version names the version if it was promoted) | failed (the
+    # last attempt failed: a later run tries again) | parked (given up, see update_error)
     sa.Column("decision", sa.String(16), nullable=True),
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     # Updates attempted on this batch; the run holding the claim renews lease_until while it works,

@@ -11,8 +11,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.landing import output_stem
 from data_checks.drift import ChampionCounts, DriftResult, detect_drift
+from data_checks.landing import output_stem
 from flows.settings import Settings
 from models.evaluate import evaluate
 from models.train import Recommender
