@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, State
 
-from flows.settings import Settings
+from flows.settings import Settings, redact
 from flows.validate_landing import validate_new_files
 from tasks.gates import decide, judge_challenger
 from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
@@ -70,7 +70,7 @@ def continuous_training(settings: Settings | None = None) -> State:
     reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
     if load_champion(settings) is None:
         raise NoChampionError(
-            f"no {settings.registered_model_name}@{settings.champion_alias} in {settings.mlflow_tracking_uri}: "
+            f"no {settings.registered_model_name}@{settings.champion_alias} in {redact(settings.mlflow_tracking_uri)}: "
             "run the bootstrap flow first (python -m flows bootstrap)"
         )
     # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.

@@ -26,7 +26,7 @@ from models.baselines import ALS, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
 from models.train import Recommender
-from tasks.tracking import fetch_champion
+from tasks.tracking import artifact_location, fetch_champion
 
 logger = logging.getLogger(__name__)
 
@@ -294,11 +294,7 @@ def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> st
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = f"{settings.experiment_name}-backtest"
     if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if settings.mlflow_tracking_uri.startswith("sqlite:"):
-            settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-            location = settings.mlflow_artifacts_dir.resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.create_experiment(experiment, artifact_location=artifact_location(settings))
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"backtest {result['source']}") as run:
         mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"])})
         for name, r in result["results"].items():

@@ -41,15 +41,21 @@ def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
     experiment = client.get_experiment_by_name(settings.experiment_name)
     if experiment is not None:
         return client, experiment.experiment_id
-    location = None
-    if settings.mlflow_tracking_uri.startswith("sqlite:"):
-        # A local store keeps artifacts beside it, not in ./mlruns of whatever directory ran it.
-        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-        location = settings.mlflow_artifacts_dir.resolve().as_uri()
+    location = artifact_location(settings)
     try:
         return client, client.create_experiment(settings.experiment_name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent run
         return client, client.get_experiment_by_name(settings.experiment_name).experiment_id
+
+
+def artifact_location(settings: Settings) -> str | None:
+    """Where a new experiment keeps its artifacts: under the home for a database store without a
+    server (SQLite, PostgreSQL), not in ./mlruns of whatever directory ran it; None (the server's
+    choice) for a tracking server."""
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return settings.mlflow_artifacts_dir.resolve().as_uri()
 
 
 def champion_version(client: MlflowClient, settings: Settings):

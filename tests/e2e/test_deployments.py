@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -147,11 +148,31 @@ def test_prefect_yaml_deploys_every_flow_with_a_form(deployed):
         assert deployment["enforce_parameter_schema"] and "freshrec" in deployment["tags"]
         assert deployment["work_pool_name"] == "freshrec-process" and deployment["description"]
         schema = deployment["parameter_openapi_schema"]
-        assert "settings" in schema["properties"] and all(p.get("description") for p in schema["properties"].values())
+        assert "settings" not in schema["properties"] and all(p.get("description") for p in schema["properties"].values())
+        if deployment["name"] != "rollback":
+            overrides = schema["definitions"]["RunOverrides"]
+            assert overrides["additionalProperties"] is False and "home" not in overrides["properties"]
+            assert "drift_share_threshold" in overrides["properties"]
     assert deployments["rollback"]["parameter_openapi_schema"]["required"] == ["reason"]
     assert deployments["backtest"]["parameters"] == {"source": "synthetic"}
     assert deployments["continuous-training-daily"]["global_concurrency_limit"]["limit"] == 1
     assert [s["schedule"]["cron"] for s in deployments["continuous-training-daily"]["schedules"]] == ["0 3 * * *"]
+
+
+def test_a_run_cannot_set_what_is_not_allow_listed(deployed):
+    """The server refuses a run whose parameters name a path, a store or the Dask scheduler, or
+    pass a bound; the worker would refuse them again when the flow validates its parameters."""
+    deployment = get_json(f"{deployed.prefect_api}/deployments/name/continuous-training/continuous-training-daily")
+    for parameters in (
+        {"settings": {"home": "/"}},
+        {"overrides": {"home": "/"}},
+        {"overrides": {"dask_address": "tcp://203.0.113.7:8786"}},
+        {"overrides": {"ledger_url": "sqlite:////tmp/elsewhere.db"}},
+        {"overrides": {"batch_size": 10**9}},
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_json(f"{deployed.prefect_api}/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})
+        assert refused.value.code in (409, 422), parameters
 
 
 def test_bootstrap_deployment_runs_on_a_process_worker(deployed):

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,70 +31,17 @@ from flows.settings import Settings
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
+from tests.e2e.postgres import throwaway_cluster
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-POSTGRES_ROOT = Path("/usr/lib/postgresql")
-
-
-def postgres_bin_dir() -> Path:
-    """The newest installed PostgreSQL's bin directory (Debian keeps one per major version)."""
-    found = [p.parent for p in POSTGRES_ROOT.glob("*/bin/pg_ctl") if p.parent.parent.name.isdigit()]
-    if not found:
-        pytest.fail(
-            f"no PostgreSQL server binaries under {POSTGRES_ROOT}/*/bin: install Debian's `postgresql` package "
-            "(`apt-get install -y --no-install-recommends postgresql`, as .ci/run does)",
-            pytrace=False,
-        )
-    return max(found, key=lambda bin_dir: int(bin_dir.parent.name))
-
-
-def run_checked(command: list[str], log: Path | None = None) -> str:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-        raise RuntimeError(f"{' '.join(map(str, command))} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}\n{tail}")
-    return result.stdout
-
-
-@dataclass(frozen=True)
-class Postgres:
-    bin_dir: Path
-    port: int
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
-
-    def psql(self, database: str, sql: str) -> list[list[str]]:
-        """Rows of ``sql`` read by psql itself, not through freshrec's or MLflow's SQLAlchemy."""
-        out = run_checked([self.bin_dir / "psql", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", database, "-X", "-A", "-t", "-F", "|", "-c", sql])
-        return [line.split("|") for line in out.splitlines() if line]
 
 
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL cluster on a free loopback port with databases mlflow and ledger."""
-    bin_dir = postgres_bin_dir()
-    root = Path(tempfile.mkdtemp(prefix="freshrec-postgres-"))
-    # PostgreSQL refuses to run as root: then the cluster belongs to the postgres user.
-    as_owner: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    data, log, port = root / "data", root / "postgres.log", free_port()
-    cluster = Postgres(bin_dir, port)
-    try:
-        run_checked([*as_owner, bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--auth-local", "trust", "-E", "UTF8", "--no-locale", "--no-sync"])
-        # fsync off: the cluster lives for one test module, durability buys nothing here.
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off"
-        run_checked([*as_owner, bin_dir / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"], log)
-        for database in ("mlflow", "ledger"):
-            run_checked([bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", database])
+    with throwaway_cluster(("mlflow", "ledger")) as cluster:
         yield cluster
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
