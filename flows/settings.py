@@ -44,7 +44,7 @@ def redact(url: str | None) -> str | None:
     return masked
 
 
-def _secret_block(name: str) -> str:
+def secret_block(name: str) -> str:
     """The value of the Prefect Secret block ``name`` (read from the Prefect API at run time)."""
     from prefect.blocks.system import Secret
 
@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # A Prefect Secret block holding the tracking URI (a database URL with its password). MLflow
     # reads a tracking server's credentials from MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN.
     mlflow_tracking_uri_secret_block: str | None = None
+    # A Prefect Secret block holding the tracking server's password for MLFLOW_TRACKING_USERNAME
+    # (exported to MLFLOW_TRACKING_PASSWORD in the run's process when that is not set).
+    mlflow_tracking_password_secret_block: str | None = None
     # Artifact root for experiments freshrec creates; ignored when a server owns artifacts.
     mlflow_artifacts_dir: Path | None = None
     # Names users meet in the MLflow UI and in `models:/<name>@<alias>` URIs.
@@ -292,7 +295,7 @@ class Settings(BaseSettings):
             if getattr(self, name) is None:
                 setattr(self, name, home / sub)
         if self.ledger_url is None and self.ledger_url_secret_block:
-            self.ledger_url = _secret_block(self.ledger_url_secret_block)
+            self.ledger_url = secret_block(self.ledger_url_secret_block)
         if self.ledger_url is None:
             self.ledger_url = f"sqlite:///{(home / 'ledger.db').resolve()}"
         if self.init_from == "checkpoint" and self.init_checkpoint_path is None:
@@ -301,7 +304,7 @@ class Settings(BaseSettings):
             # A run may start from a model file of its own home, never from anywhere on the worker.
             raise ValueError(f"init_checkpoint_path must be inside the freshrec home {home} (links resolved)")
         if self.mlflow_tracking_uri is None and self.mlflow_tracking_uri_secret_block:
-            self.mlflow_tracking_uri = _secret_block(self.mlflow_tracking_uri_secret_block)
+            self.mlflow_tracking_uri = secret_block(self.mlflow_tracking_uri_secret_block)
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
         return self

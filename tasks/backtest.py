@@ -26,7 +26,7 @@ from models.baselines import ALS, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
 from models.train import Recommender
-from tasks.tracking import artifact_location, fetch_champion
+from tasks.tracking import artifact_location, fetch_champion, use_tracking_store
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> st
     """The report as an MLflow run in the experiment ``<experiment_name>-backtest``."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_tracking_store(settings)
     experiment = f"{settings.experiment_name}-backtest"
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=artifact_location(settings))

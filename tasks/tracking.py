@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.landing import output_stem
-from flows.settings import Settings
+from flows.settings import Settings, secret_block
 
 CHECKPOINT_ARTIFACT = "recommender.pt"
 REFERENCE_ARTIFACT = "reference.parquet"
@@ -33,10 +34,18 @@ class ChampionInfo:
     holdout_recall: float
 
 
-def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
-    """Point MLflow at the configured store and return a client and the experiment id."""
+def use_tracking_store(settings: Settings) -> None:
+    """Point this process's MLflow at the configured store, with the tracking server's password
+    from its Secret block when the environment does not give one."""
+    if settings.mlflow_tracking_password_secret_block and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = secret_block(settings.mlflow_tracking_password_secret_block)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
+    """Point MLflow at the configured store and return a client and the experiment id."""
+    use_tracking_store(settings)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(settings.experiment_name)
     if experiment is not None:

@@ -44,8 +44,7 @@ def test_the_containers_file_deploys_to_a_container_work_pool(tmp_path, pool_typ
             **{k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"},
             "PREFECT_API_URL": server.url, "PREFECT_HOME": str(tmp_path / "prefect-client"),
             "FRESHREC_WORK_POOL": pool, "FRESHREC_IMAGE": image,
-            "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
-            "FRESHREC_LEDGER_URL": "postgresql+psycopg2://freshrec@db.internal/freshrec",
+            "MLFLOW_TRACKING_URI": "https://mlflow.internal", "MLFLOW_TRACKING_USERNAME": "freshrec-flows",
         }
         for command in (
             ["work-pool", "create", pool, "--type", pool_type],
@@ -61,8 +60,12 @@ def test_the_containers_file_deploys_to_a_container_work_pool(tmp_path, pool_typ
             variables = deployment["job_variables"]
             assert variables["image"] == image and variables["volumes"] == ["freshrec-data:/data"]
             assert variables["env"]["FRESHREC_HOME"] == "/data/freshrec"
-            assert variables["env"]["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
-            assert variables["env"]["FRESHREC_LEDGER_URL"] == env["FRESHREC_LEDGER_URL"]
+            assert variables["env"]["MLFLOW_TRACKING_URI"] == "https://mlflow.internal"
+            assert variables["env"]["MLFLOW_TRACKING_USERNAME"] == "freshrec-flows"
+            # Stored in Prefect's database: block names, never a URL with its password.
+            assert variables["env"]["FRESHREC_LEDGER_URL_SECRET_BLOCK"] == "freshrec-ledger-url"
+            assert variables["env"]["FRESHREC_MLFLOW_TRACKING_PASSWORD_SECRET_BLOCK"] == "freshrec-mlflow-password"
+            assert not {"FRESHREC_LEDGER_URL", "MLFLOW_TRACKING_PASSWORD"} & set(variables["env"])
             assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/freshrec"}}]
     finally:
         stop(server)

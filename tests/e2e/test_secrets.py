@@ -113,3 +113,24 @@ def test_a_planted_password_reaches_no_store_log_or_parameter(stores, prefect_ap
         assert not files_holding(tmp_path / "prefect-client", secret)
     # The search finds what is there: the runs' parameters and messages name the stores, masked.
     assert files_holding(server_state, "postgres:***@127.0.0.1")
+
+
+def test_secret_blocks_fill_the_store_urls_and_the_mlflow_password(prefect_server, tmp_path, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from flows.settings import Settings
+    from tasks.tracking import use_tracking_store
+
+    ledger_url = f"sqlite:///{tmp_path / 'from-a-block.db'}"
+    Secret(value=ledger_url).save("test-ledger-url", overwrite=True)
+    Secret(value=PASSWORD).save("test-mlflow-password", overwrite=True)
+    settings = Settings(home=tmp_path, ledger_url_secret_block="test-ledger-url", mlflow_tracking_password_secret_block="test-mlflow-password")
+    assert settings.ledger_url == ledger_url
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "")  # empty counts as unset; removed again after the test
+    use_tracking_store(settings)
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-environment")  # the environment wins
+    use_tracking_store(settings)
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-environment"
+    with pytest.raises(ValueError, match="no Prefect Secret block named 'missing-block'"):
+        Settings(home=tmp_path, ledger_url_secret_block="missing-block")
