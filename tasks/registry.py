@@ -18,7 +18,6 @@ import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -26,7 +25,7 @@ from prefect.runtime import flow_run
 from data_checks.drift import DriftResult, reference_sample
 from flows.settings import Settings
 from models.plots import training_figure
-from models.pyfunc import recommend
+from models.pyfunc import SIGNATURE, ServingLimits
 from models.train import Recommender
 from tasks import ledger
 from tasks.gates import PromotionVerdict, UpdateDecision
@@ -41,6 +40,11 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # shipped with the 
 def serving_requirements() -> list[str]:
     """What `mlflow models serve` needs to load the pyfunc: the versions it was trained with."""
     return [f"{name}=={installed(name).split('+')[0]}" for name in ("mlflow", "torch", "pandas", "numpy", "pyarrow")]
+
+
+def serving_limits(settings: Settings) -> ServingLimits:
+    """What one request may ask of the version being logged; it enforces them when served."""
+    return ServingLimits(max_k=settings.max_k, max_request_rows=settings.max_request_rows)
 
 
 def log_run(
@@ -60,10 +64,6 @@ def log_run(
     recommender = Recommender.load(challenger.checkpoint_path)
     # One known user and one the model never saw: the example shows the popularity fallback too.
     example = pd.DataFrame({"user_id": recommender.users.ids[:1] + ["new-visitor"], "k": 3})
-    with warnings.catch_warnings():
-        # `k` is an integer column on purpose; MLflow's hint about missing integers does not apply.
-        warnings.filterwarnings("ignore", message=".*integer column.*")
-        signature = infer_signature(example, recommend(recommender, example))
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run, tempfile.TemporaryDirectory() as tmp:
         reference_path = Path(tmp) / REFERENCE_ARTIFACT
         checkpoint_path = Path(tmp) / CHECKPOINT_ARTIFACT  # a fixed name: the champion's loader looks for it
@@ -124,8 +124,9 @@ def log_run(
             python_model=str(MODELS_DIR / "mlflow_model.py"),
             artifacts={"checkpoint": str(checkpoint_path), "reference": str(reference_path)},
             code_paths=[str(MODELS_DIR)],
-            signature=signature,
+            signature=SIGNATURE,
             input_example=example,
+            model_config=serving_limits(settings).as_config(),
             pip_requirements=serving_requirements(),
         )
         return run.info.run_id, info.model_uri
