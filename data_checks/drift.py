@@ -12,6 +12,7 @@ own training data (where every user is known) a per-user column would drift ever
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,13 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
+from data_checks.markup import html_text, script_json
+
 NUMERICAL = ["price", "quantity", "hour", "basket_size", "log_popularity_rank"]
 CATEGORICAL = ["weekday", "country", "item_known", "category"]
+# Evidently 0.7.23 embeds the report's data as two assignments, one line each, in a <script>
+# element of the page (json.dumps writes no line break inside a value).
+EVIDENTLY_DATA = re.compile(r"^    var (metric_[0-9a-f]{32}) = (.*);\n    var additional_graphs_\1 = (.*);$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,28 @@ def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.Dat
     ).reset_index(drop=True)
 
 
+def for_report(features: pd.DataFrame) -> pd.DataFrame:
+    """The features with every category HTML-escaped, the same way for the reference and the
+    batch: a one-to-one renaming, so no drift figure changes. The report's plots read tags in
+    their labels (a country "<a href=...>" would be a link) and decode entities, so they show
+    each value as written."""
+    return features.assign(**{c: features[c].map(html_text, na_action="ignore").astype("string") for c in CATEGORICAL})
+
+
+def write_report(snapshot, path: Path) -> Path:
+    """Evidently's HTML report with its embedded data escaped for a <script> element, so that
+    no string in it (a value or a column name) can end the element or open a comment there."""
+    page = snapshot.get_html_str(as_iframe=False)
+    found = list(EVIDENTLY_DATA.finditer(page))
+    if len(found) != 1:
+        raise RuntimeError("the Evidently report's data is not where freshrec escapes it (written for evidently 0.7.23)")
+    data = found[0]
+    safe = f"    var {data[1]} = {script_json(data[2])};\n    var additional_graphs_{data[1]} = {script_json(data[3])};"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page[: data.start()] + safe + page[data.end() :], encoding="utf-8")
+    return path
+
+
 def _basket_sizes(interactions: pd.DataFrame) -> pd.Series:
     """Lines per order as the order arrived (validation keeps it), else as the rows show it."""
     if "order_lines" in interactions.columns:
@@ -90,8 +118,8 @@ def detect_drift(
     definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
     current_features = drift_features(current, counts)
     snapshot = Report([DataDriftPreset()]).run(
-        current_data=Dataset.from_pandas(current_features, data_definition=definition),
-        reference_data=Dataset.from_pandas(drift_features(reference, counts), data_definition=definition),
+        current_data=Dataset.from_pandas(for_report(current_features), data_definition=definition),
+        reference_data=Dataset.from_pandas(for_report(drift_features(reference, counts)), data_definition=definition),
     )
     columns = []
     for metric in snapshot.dict()["metrics"]:
@@ -100,8 +128,7 @@ def detect_drift(
             score, threshold = float(metric["value"]), float(config["threshold"])
             columns.append(ColumnDrift(config["column"], config["method"], score, threshold, score >= threshold))
     if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(report_path))
+        write_report(snapshot, report_path)
     drifted = [c.column for c in columns if c.drifted]
     return DriftResult(
         drift_share=len(drifted) / len(columns) if columns else 0.0,

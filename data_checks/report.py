@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from data_checks.markup import md_text
 from data_checks.rules import ValidationResult
 
 
@@ -20,18 +21,20 @@ def rule_table(result: ValidationResult) -> list[dict]:
 
 
 def markdown_summary(file_name: str, result: ValidationResult, notes: list[str]) -> str:
+    """The summary as Markdown; the file name and reasons (which quote header names) are escaped."""
     lines = [
-        f"# Validation of {file_name}",
+        f"# Validation of {md_text(file_name)}",
         "",
-        f"**{result.status}**: {result.rows_in:,} rows in, {result.rows_accepted:,} accepted, "
+        f"**{md_text(result.status)}**: {result.rows_in:,} rows in, {result.rows_accepted:,} accepted, "
         f"{result.rows_quarantined:,} quarantined.",
         "",
     ]
-    lines += [f"- {reason}" for reason in result.batch_reasons + notes]
+    lines += [f"- {md_text(reason)}" for reason in result.batch_reasons + notes]
     if result.rule_counts:
         lines += ["", "| expectation | level | rows failed | share | meaning |", "|---|---|---:|---:|---|"]
         lines += [
-            f"| {row['expectation']} | {row['level']} | {row['rows_failed']:,} | {row['share']:.2%} | {row['meaning']} |"
+            f"| {md_text(row['expectation'])} | {md_text(row['level'])} | {row['rows_failed']:,} | {row['share']:.2%} "
+            f"| {md_text(row['meaning'])} |"
             for row in rule_table(result)
         ]
         lines += ["", "Errors count towards the share that rejects a batch; policy rows are known kinds of "

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
+from data_checks.markup import md_text
 from data_checks.sources.synthetic import ShopConfig, write_weeks
 from flows.settings import Settings
 from tasks import backtest as bt
@@ -83,10 +84,7 @@ def publish_report(result: dict, out: Path, settings: Settings) -> dict:
     files = bt.write_report(result, out)
     result = {**result, "mlflow_run_id": bt.log_report(settings, result, files)}
     table = bt.format_report(result)
-    create_markdown_artifact(
-        key="freshrec-backtest", markdown=f"# Backtest on {result['source']}\n\n```\n{table}\n```\n\n{bt.PROTOCOL}\n",
-        description=table.splitlines()[-1],
-    )
+    create_markdown_artifact(key="freshrec-backtest", markdown=bt.format_markdown(result), description=md_text(table.splitlines()[-1]))
     get_run_logger().info("report: %s and %s\n%s", files[0], files[1], table)
     return result
 

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
+from data_checks.markup import md_code_block, md_text
 from flows.settings import Settings
 from models.baselines import ALS, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
@@ -254,6 +255,11 @@ def format_report(result: dict) -> str:
         time_share = f"{share['train_time_share']:.1%}" if share["train_time_share"] is not None else "-"
         lines.append(f"\ntriggered / retrain: {share['recall_share']:.1%} of the mean Recall@20 for {time_share} of the training time")
     return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    """The report as the Prefect artifact shows it: the table as code, then the protocol."""
+    return f"# Backtest on {md_text(result['source'])}\n\n{md_code_block(format_report(result))}\n{PROTOCOL}\n"
 
 
 def plot(result: dict, path: Path) -> Path:

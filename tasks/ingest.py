@@ -32,6 +32,7 @@ from data_checks.interactions import (
     validate_interactions,
 )
 from data_checks.landing import EmptyFileError, count_records, is_parquet, output_stem, read_landing_bytes, record_lines
+from data_checks.markup import md_text
 from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult, rejected
 from flows.settings import Settings
@@ -550,8 +551,9 @@ def publish_validation(validation: BatchValidation, settings: Settings) -> None:
         settings.reports_dir,
     )
     if validation.rule_table:
+        # Table cells are plain text in Prefect's UI; the description is Markdown.
         create_table_artifact(
             key=artifact_key(validation.file_name),
             table=validation.rule_table,
-            description=f"{validation.file_name}: {validation.status}; " + "; ".join(validation.reasons[:3]),
+            description=md_text(f"{validation.file_name}: {validation.status}; " + "; ".join(validation.reasons[:3])),
         )

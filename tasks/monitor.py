@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.drift import ChampionCounts, DriftResult, detect_drift
 from data_checks.landing import output_stem
+from data_checks.markup import md_text, url_segment
 from flows.settings import Settings
 from models.evaluate import evaluate
 from models.train import Recommender
@@ -129,13 +130,14 @@ def log_decision(settings: Settings, validation: BatchValidation, drift: DriftRe
     """The decision in MLflow and in Prefect: a table of signals and a link to the drift report."""
     run_id = record_decision_run(settings, validation, drift, decay, decision)
     key = artifact_key(validation.file_name).replace("validation-", "decision-", 1)
+    # Table cells are plain text in Prefect's UI; the description and a link's text are Markdown.
     create_table_artifact(
         key=key,
         table=[{**asdict(s), "verdict": "fired" if s.fired else "quiet"} for s in decision.signals],
-        description=f"{validation.file_name}: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}",
+        description=md_text(f"{validation.file_name}: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}"),
     )
     if drift.report_path:
-        report_uri = mlflow.get_run(run_id).info.artifact_uri + "/reports/" + Path(drift.report_path).name
+        report_uri = mlflow.get_run(run_id).info.artifact_uri + "/reports/" + url_segment(Path(drift.report_path).name)
         create_link_artifact(key=key.replace("decision-", "drift-report-", 1), link=report_uri,
-                             link_text=f"Evidently drift report for {validation.file_name}")
+                             link_text=md_text(f"Evidently drift report for {validation.file_name}"))
     return run_id

@@ -8,6 +8,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from data_checks.markup import md_text
+
 
 @dataclass
 class BatchOutcome:
@@ -73,10 +75,11 @@ def format_table(outcomes: list[BatchOutcome]) -> str:
 
 
 def format_markdown(title: str, outcomes: list[BatchOutcome]) -> str:
+    """The outcomes as a Markdown table; every cell is escaped (file names, reasons, errors)."""
     outcomes = in_landing_order(outcomes)
     header = "| " + " | ".join(COLUMNS) + " | reasons |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
-    body = "".join("| " + " | ".join(_cells(o)) + " | " + "; ".join(o.reasons).replace("|", "/") + " |\n" for o in outcomes)
-    return f"# {title}\n\n" + (header + body if outcomes else "No new landing files.\n")
+    body = "".join("| " + " | ".join(md_text(cell) for cell in [*_cells(o), "; ".join(o.reasons)]) + " |\n" for o in outcomes)
+    return f"# {md_text(title)}\n\n" + (header + body if outcomes else "No new landing files.\n")
 
 
 def summarize(outcomes: list[BatchOutcome]) -> str:
@@ -94,5 +97,6 @@ def summarize(outcomes: list[BatchOutcome]) -> str:
 
 @task(name="publish-report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_report(title: str, outcomes: list[BatchOutcome]) -> str:
-    create_markdown_artifact(key="freshrec-report", markdown=format_markdown(title, outcomes), description=summarize(outcomes))
-    return summarize(outcomes)
+    summary = summarize(outcomes)
+    create_markdown_artifact(key="freshrec-report", markdown=format_markdown(title, outcomes), description=md_text(summary))
+    return summary
