@@ -160,19 +160,23 @@ def test_prefect_yaml_deploys_every_flow_with_a_form(deployed):
 
 
 def test_a_run_cannot_set_what_is_not_allow_listed(deployed):
-    """The server refuses a run whose parameters name a path, a store or the Dask scheduler, or
-    pass a bound; the worker would refuse them again when the flow validates its parameters."""
+    """The server refuses overrides that name a path, a store or the Dask scheduler, or pass a
+    bound; a parameter the flow does not have is refused by the worker: that run fails, having
+    done nothing."""
     deployment = get_json(f"{deployed.prefect_api}/deployments/name/continuous-training/continuous-training-daily")
-    for parameters in (
-        {"settings": {"home": "/"}},
-        {"overrides": {"home": "/"}},
-        {"overrides": {"dask_address": "tcp://203.0.113.7:8786"}},
-        {"overrides": {"ledger_url": "sqlite:////tmp/elsewhere.db"}},
-        {"overrides": {"batch_size": 10**9}},
-    ):
+    create = f"{deployed.prefect_api}/deployments/{deployment['id']}/create_flow_run"
+    for overrides in ({"home": "/"}, {"dask_address": "tcp://203.0.113.7:8786"}, {"ledger_url": "sqlite:////tmp/elsewhere.db"}, {"batch_size": 10**9}):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            get_json(f"{deployed.prefect_api}/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})
-        assert refused.value.code in (409, 422), parameters
+            get_json(create, {"parameters": {"overrides": overrides}})
+        assert refused.value.code in (409, 422), overrides
+    run_id = get_json(create, {"parameters": {"settings": {"home": str(deployed.home / "elsewhere")}}})["id"]
+    deadline = time.monotonic() + 300
+    while (run := get_json(f"{deployed.prefect_api}/flow_runs/{run_id}"))["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline, run["state"]
+        time.sleep(2)
+    assert run["state"]["type"] in ("FAILED", "CRASHED"), run["state"]
+    assert "but was provided with parameters ['settings']" in (deployed.logs / "worker.log").read_text()
+    assert not (deployed.home / "elsewhere").exists()
 
 
 def test_bootstrap_deployment_runs_on_a_process_worker(deployed):
