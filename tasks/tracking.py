@@ -123,7 +123,8 @@ def log_validation_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}") as run:
         mlflow.set_tags({"freshrec.stage": "validation", "freshrec.batch": file_name, "freshrec.status": status})
         mlflow.log_metrics({**counts, **{f"failed.{rule}": rows for rule, rows in rule_rows.items()}})
-        for report in sorted(report_dir.glob(f"{stem}.validation.*")):
-            if report.name in (f"{stem}.validation.json", f"{stem}.validation.md"):
+        # Named, never globbed: a landing file's name may hold glob characters ([, ], *, ?).
+        for report in (report_dir / f"{stem}.validation.json", report_dir / f"{stem}.validation.md"):
+            if report.exists():
                 mlflow.log_artifact(str(report), artifact_path="validation")
         return run.info.run_id

@@ -213,3 +213,18 @@ def test_the_backtest_artifact_forges_nothing(settings, monkeypatch, tmp_path):
     rendered = Rendered(rest.replace(bt.PROTOCOL, ""))  # the protocol is the code's own Markdown
     assert dict(rendered.tags) == {"pre": 1, "code": 1} and rendered.text.strip() == bt.format_report(result)
     assert_inert(call["description"], p=1)
+
+
+def test_validation_reports_of_a_file_named_with_glob_characters_reach_mlflow(settings, tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.tracking import log_validation_run
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in ("000007-interactions-[x]*?.validation.json", "000007-interactions-[x]*?.validation.md", "000007-interactions-x.validation.md"):
+        (reports / name).write_text(name)
+    run_id = log_validation_run(settings, 7, "interactions-[x]*?.csv", "accepted", {"rows_in": 1}, {}, reports)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    logged = sorted(a.path for a in client.list_artifacts(run_id, "validation"))
+    assert logged == ["validation/000007-interactions-[x]*?.validation.json", "validation/000007-interactions-[x]*?.validation.md"]
