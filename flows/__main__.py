@@ -90,6 +90,7 @@ def _print_table(table: list[tuple[str, ...]]) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Every move of the champion alias: when, from, to, why and which run."""
+    from flows.settings import redact
     from tasks import ledger
     from tasks.tracking import champion_version, mlflow_client
 
@@ -100,7 +101,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(json.dumps(move.__dict__, default=str))
         return 0
     if not moves:
-        print(f"no alias moves recorded for {settings.registered_model_name} in {settings.ledger_url}")
+        print(f"no alias moves recorded for {settings.registered_model_name} in {redact(settings.ledger_url)}")
         return 0
     table = [("#", "when (UTC)", "alias", "action", "from", "to", "mlflow run", "why")]
     for m in moves:
@@ -147,10 +148,17 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    from flows.servers import run
+    from flows.servers import MlflowAuth, run
 
+    auth = None
+    if args.mlflow_auth:
+        try:
+            auth = MlflowAuth.from_environment()
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     state = Path(args.state_dir) if args.state_dir else _settings().home / "servers"
-    return run(state, args.prefect_port, args.mlflow_port, args.mlflow_backend_store_uri)
+    return run(state, args.prefect_port, args.mlflow_port, args.mlflow_backend_store_uri, auth)
 
 
 def _print_message(state) -> int:
@@ -298,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument(
         "--mlflow-backend-store-uri", default=None,
         help="MLflow's database as a SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/mlflow (default: SQLite under the state dir)",
+    )
+    srv.add_argument(
+        "--mlflow-auth", action="store_true",
+        help="MLflow's basic-auth app: needs MLFLOW_AUTH_ADMIN_PASSWORD, and MLFLOW_TRACKING_USERNAME/_PASSWORD for the flows' user",
     )
     srv.set_defaults(func=cmd_servers)
 

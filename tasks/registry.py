@@ -29,7 +29,7 @@ from models.pyfunc import SIGNATURE, ServingLimits
 from models.train import Recommender
 from tasks import ledger
 from tasks.gates import PromotionVerdict, UpdateDecision
-from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client
+from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client, not_in_registry
 from tasks.training import Challenger, Evaluation, TrainingData
 
 PREVIOUS_ALIAS = "previous-champion"
@@ -402,7 +402,7 @@ def _has_version(client: MlflowClient, name: str, version: str) -> bool:
     try:
         client.get_model_version(name, version)
     except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if not_in_registry(client, name, error):
             return False
         raise
     return True

@@ -67,12 +67,27 @@ def artifact_location(settings: Settings) -> str | None:
     return settings.mlflow_artifacts_dir.resolve().as_uri()
 
 
+def not_in_registry(client: MlflowClient, name: str, error: MlflowException) -> bool:
+    """Whether ``error``, from asking the registry about model ``name``, means it has no such
+    model or version. MLflow's basic-auth app answers 403, not 404, about a model that does not
+    exist yet (there is nothing to hold a permission on), so a 403 is asked about once more."""
+    if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    if error.error_code != "PERMISSION_DENIED":
+        return False
+    try:
+        client.get_registered_model(name)
+    except MlflowException as missing:
+        return missing.error_code == "RESOURCE_DOES_NOT_EXIST"
+    return False  # the model is there: the 403 is a real refusal
+
+
 def champion_version(client: MlflowClient, settings: Settings):
     """The model version behind the champion alias, or None before the first bootstrap."""
     try:
         return client.get_model_version_by_alias(settings.registered_model_name, settings.champion_alias)
     except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if error.error_code == "INVALID_PARAMETER_VALUE" or not_in_registry(client, settings.registered_model_name, error):
             return None
         raise
 
