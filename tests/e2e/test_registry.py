@@ -1,21 +1,16 @@
 """The promotion path against a real MLflow store: two challengers racing for one champion, the
-audit trail, rollback, lineage, and the champion served over HTTP by `mlflow models serve`.
+audit trail, rollback and lineage (the champion served over HTTP: tests/e2e/test_serving.py).
 
 Risks guarded: two runs both promoting (a lost update), an alias move nobody can explain or undo,
-a registered version that cannot be traced to its data, a model that loads in Python but not in
-the server users deploy.
+a registered version that cannot be traced to its data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,69 +165,3 @@ def test_rollback_moves_the_champion_back_and_the_trail_says_why(settings, prefe
     assert flagged.returncode == 1 and "moved outside freshrec" in flagged.stderr
     assert cli("rollback", "--to", "1", "--reason", "record the manual move").returncode == 0
     assert cli("history").returncode == 0
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """End a server started with start_new_session and every child it spawned (its workers)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:  # already gone
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_champion_serves_over_http_with_mlflow_models_serve(settings, prefect_server):
-    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
-    assert bootstrap(settings, return_state=True).is_completed()
-    known_user = str(__import__("pandas").read_parquet(next(settings.accepted_dir.glob("*-interactions-week000.parquet")))["user_id"].iloc[0])
-
-    port = _free_port()
-    # The server execs `uvicorn` from PATH: the environment's bin directory must be on it, as in
-    # an activated virtualenv.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "PATH": path}
-    command = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{settings.registered_model_name}@champion",
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    log = open(settings.home / "serve.log", "w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (settings.home / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
-            time.sleep(1)
-        body = {"dataframe_split": {"columns": ["user_id", "k"], "data": [[known_user, 5], ["never-seen-visitor", 3]]}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
-    finally:
-        stop_group(server)
-        log.close()
-
-    by_user: dict[str, list[dict]] = {}
-    for row in predictions:
-        by_user.setdefault(row["user_id"], []).append(row)
-    assert {user: len(rows) for user, rows in by_user.items()} == {known_user: 5, "never-seen-visitor": 3}
-    for rows in by_user.values():
-        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
-        scores = [r["score"] for r in rows]
-        assert scores == sorted(scores, reverse=True) and all(r["item_id"] for r in rows)

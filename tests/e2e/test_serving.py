@@ -155,6 +155,19 @@ def test_a_request_without_k_gets_ten_items_per_user(served):
     print(f"\nnormal request (2 users): {answer.seconds * 1000:.0f} ms")
 
 
+def test_each_list_is_ranked_by_score_and_a_new_visitor_gets_one_too(served):
+    answer = post(served, split([[served.user, 5], ["never-seen-visitor", 3]]))
+    assert answer.status == 200, answer.body
+    by_user: dict[str, list[dict]] = {}
+    for row in answer.body["predictions"]:
+        by_user.setdefault(row["user_id"], []).append(row)
+    assert {user: len(rows) for user, rows in by_user.items()} == {served.user: 5, "never-seen-visitor": 3}
+    for rows in by_user.values():
+        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+        scores = [r["score"] for r in rows]
+        assert scores == sorted(scores, reverse=True) and all(r["item_id"] for r in rows)
+
+
 def test_numeric_and_text_user_ids_get_the_same_answer(served):
     as_text = lists(post(served, split([[served.user, 5]])))
     assert lists(post(served, split([[int(served.user), 5]]))) == as_text
