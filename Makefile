@@ -35,14 +35,13 @@ backtest: $(INSTALLED)
 
 # A Prefect server (UI on 4200) and an MLflow tracking server (UI on 5000) on loopback, state
 # under .freshrec/servers/; runs in the foreground, Ctrl-C stops both. Then `make deploy` in
-# another shell. MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER@HOST/DB puts MLflow's database
-# on PostgreSQL instead of SQLite. MLFLOW_AUTH=1 runs MLflow's basic-auth app: export
+# another shell. MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER:PASSWORD@HOST/DB in the
+# environment puts MLflow's database on PostgreSQL instead of SQLite (it stays out of argv). MLFLOW_AUTH=1 runs MLflow's basic-auth app: export
 # MLFLOW_AUTH_ADMIN_PASSWORD and the flows' MLFLOW_TRACKING_USERNAME/_PASSWORD first (docs/scaling.md).
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 servers: $(INSTALLED)
 	$(BIN)/python -m flows servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
-		$(if $(MLFLOW_BACKEND_STORE_URI),--mlflow-backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)') \
 		$(if $(MLFLOW_AUTH),--mlflow-auth)
 
 # Deploys every flow of prefect.yaml to the servers of `make servers`, then starts a process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -304,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--mlflow-port", type=int, default=5000)
     srv.add_argument("--state-dir", default=None, help="their databases, artifacts and logs (default: <home>/servers)")
     srv.add_argument(
-        "--mlflow-backend-store-uri", default=None,
-        help="MLflow's database as a SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/mlflow (default: SQLite under the state dir)",
+        "--mlflow-backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
+        help="MLflow's database as a SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/mlflow (default: MLFLOW_BACKEND_STORE_URI, "
+        "which keeps a password out of the process list, else SQLite under the state dir)",
     )
     srv.add_argument(
         "--mlflow-auth", action="store_true",

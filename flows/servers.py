@@ -33,9 +33,12 @@ from pathlib import Path
 LEGACY_ADMIN_PASSWORD = "password1234"
 # MLflow's own rule for a user's password (mlflow.utils.validation._validate_password).
 MIN_PASSWORD_LENGTH = 12
-# Secrets a server does not need are not passed on to it; the MLflow server gets the two of
-# MlflowAuth explicitly.
-SECRET_VARIABLES = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+# Secrets a server does not need are not passed on to it; the MLflow server gets its store's URL
+# and the two of MlflowAuth explicitly.
+SECRET_VARIABLES = (
+    "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_BACKEND_STORE_URI",
+)
 
 
 @dataclass
@@ -149,10 +152,11 @@ def start_mlflow(state: Path, port: int, backend_store_uri: str | None = None, a
     (state / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
     command = [
         _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", backend_store_uri or f"sqlite:///{(state / 'mlflow.db').resolve()}",
         "--artifacts-destination", str((state / "mlflow-artifacts").resolve()),
     ]
-    env = _env()
+    # The store's URL (with its password) in the environment, which other users cannot read,
+    # not in the arguments, which `ps` shows everyone.
+    env = _env(MLFLOW_BACKEND_STORE_URI=backend_store_uri or f"sqlite:///{(state / 'mlflow.db').resolve()}")
     if auth is not None:
         # The stores, artifacts and user hashes are what authentication protects: no other local user reads them.
         state.chmod(0o700)

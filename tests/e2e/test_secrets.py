@@ -134,3 +134,28 @@ def test_secret_blocks_fill_the_store_urls_and_the_mlflow_password(prefect_serve
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-environment"
     with pytest.raises(ValueError, match="no Prefect Secret block named 'missing-block'"):
         Settings(home=tmp_path, ledger_url_secret_block="missing-block")
+
+
+def test_the_mlflow_server_of_make_servers_keeps_its_store_password_out_of_the_process_list(stores, tmp_path):
+    from flows.servers import start_mlflow
+
+    server = start_mlflow(tmp_path / "servers", free_port(), backend_store_uri=stores.url("mlflow"))
+    try:
+        wait_ready(server, timeout=180)
+        group = [
+            stat.parent for stat in Path("/proc").glob("[0-9]*/stat")
+            if stat.exists() and _process_group(stat) == server.process.pid
+        ]
+        assert group, "no process of the server's group found"
+        for process in group:
+            assert PASSWORD.encode() not in (process / "cmdline").read_bytes(), "a password is in a server's arguments (ps shows them)"
+    finally:
+        stop(server)
+    assert not files_holding(tmp_path / "servers", PASSWORD), "the MLflow server's log or state holds the password"
+
+
+def _process_group(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):  # ended while we read
+        return None
