@@ -29,6 +29,14 @@ _WWW_DOT = re.compile(r"www$", re.IGNORECASE)
 _SCRIPT_JSON = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+def plain_text(value: object) -> str:
+    """``value`` for a terminal or a plain-text table, on one line: characters Python's ``repr``
+    escapes (line breaks, escape sequences that would drive the terminal, bidi overrides) show as
+    that escape (``\\n``, ``\\x1b``)."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def md_text(value: object) -> str:
     """``value`` as inline Markdown (a heading's text, a list item, a table cell, an artifact's
     description) that renders as the literal text on one line.

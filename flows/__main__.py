@@ -46,6 +46,7 @@ def cmd_import_online_retail(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
+    from data_checks.markup import plain_text
     from tasks import ledger
 
     settings = _settings()
@@ -77,11 +78,15 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
     stuck = [r for r in rows if r.decision in ("failed", "parked")]
     if stuck:
-        print(f"{len(stuck)} batch(es) whose update failed: " + ", ".join(f"{r.id} {r.file_name} ({r.decision})" for r in stuck), file=sys.stderr)
+        print(plain_text(f"{len(stuck)} batch(es) whose update failed: " + ", ".join(f"{r.id} {r.file_name} ({r.decision})" for r in stuck)), file=sys.stderr)
     return 0
 
 
 def _print_table(table: list[tuple[str, ...]]) -> None:
+    from data_checks.markup import plain_text
+
+    # A file name or a reason from the data cannot break a line or drive the terminal.
+    table = [tuple(plain_text(cell) for cell in row) for row in table]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -91,6 +96,7 @@ def _print_table(table: list[tuple[str, ...]]) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Every move of the champion alias: when, from, to, why and which run."""
+    from data_checks.markup import plain_text
     from flows.settings import redact
     from tasks import ledger
     from tasks.tracking import champion_version, mlflow_client
@@ -115,7 +121,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if stuck:
         print(f"\n{len(stuck)} batch(es) no version was trained on, their update failed (python -m flows ledger):")
         for b in stuck:
-            print(f"  {b.id} {b.file_name}: {b.decision} after {b.update_attempts} attempt(s): {b.update_error}")
+            print("  " + plain_text(f"{b.id} {b.file_name}: {b.decision} after {b.update_attempts} attempt(s): {b.update_error}"))
     client, _ = mlflow_client(settings)
     current = champion_version(client, settings)
     recorded = ledger.latest_move(ledger.connect(settings.ledger_url), settings.registered_model_name, settings.champion_alias)

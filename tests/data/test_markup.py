@@ -66,3 +66,36 @@ def test_json_in_a_script_element_reads_the_same_values():
     safe = script_json(json.dumps(data))
     assert not {"<", ">", "&", "\u2028", "\u2029"} & set(safe)
     assert json.loads(safe) == data
+
+
+# --- plain text: the terminal tables of `python -m flows run` and `python -m flows ledger` ---------
+
+HOSTILE_NAME = "interactions-\x1b]0;owned\x07\x1b[2J\nforged row\r\u202eof.csv"
+
+
+def test_plain_text_shows_control_characters_as_escapes():
+    from data_checks.markup import plain_text
+
+    assert plain_text("interactions-week001.csv") == "interactions-week001.csv"
+    shown = plain_text(HOSTILE_NAME)
+    assert shown.isprintable() and "\\x1b" in shown and "\\n" in shown and "\\u202e" in shown
+
+
+def test_the_run_table_keeps_one_line_per_batch_whatever_the_file_name():
+    from tasks.report import BatchOutcome, format_table
+
+    outcomes = [BatchOutcome(HOSTILE_NAME, 10, 9, 1, "partially_accepted", reasons=["bad value '\x1b[31m' in country"], batch_id=1)]
+    lines = format_table(outcomes).splitlines()
+    assert len(lines) == 5  # header, rule, one row, blank, one reasons line
+    assert all(line.isprintable() for line in lines)
+
+
+def test_the_ledger_command_prints_a_hostile_file_name_on_one_line(tmp_path, monkeypatch, capsys):
+    from flows.__main__ import main
+    from tasks import ledger
+
+    monkeypatch.setenv("FRESHREC_HOME", str(tmp_path))
+    ledger.record_received(ledger.connect(f"sqlite:///{tmp_path / 'ledger.db'}"), HOSTILE_NAME, "0" * 64, 10, "interactions")
+    assert main(["ledger"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and all(line.isprintable() for line in printed)  # header, rule, one row, blank, totals
