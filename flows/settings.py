@@ -4,9 +4,9 @@ Settings come from the worker's environment: variables prefixed with ``FRESHREC_
 (``FRESHREC_HOME`` moves all state), and the standard ``MLFLOW_TRACKING_URI`` is honoured. A
 deployment run may change only the fields of ``RUN_OVERRIDABLE`` (thresholds and training knobs,
 as ``RunOverrides``, the form the Prefect UI shows); paths, stores, credentials, the Dask address
-and the data contract stay the worker's (docs/security.md). The two store URLs may come from
-Prefect Secret blocks, and a password in them is masked wherever settings are serialized, so it
-never reaches a flow run's parameters in Prefect's database.
+and the data contract stay the worker's (docs/security.md). The two store URLs and the MLflow
+server's password may come from Prefect Secret blocks, and a password in a store URL is masked
+wherever settings are serialized, so it never reaches a flow run's parameters in Prefect's database.
 """
 
 from __future__ import annotations
