@@ -8,6 +8,7 @@ can score (items seen before the cut-off: none of them can place an item nobody 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -157,6 +158,204 @@ class ALS(_ScoringPeer):
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.user_factors[rows] @ self.model.item_factors.T)
+
+
+class _Baskets:
+    """A history as baskets: one (user, order) each, ordered by time within the user. Users and
+    items are in id order, so nothing depends on the order of the rows."""
+
+    def __init__(self, history: pd.DataFrame) -> None:
+        rows = history.drop_duplicates(["user_id", "order_id", "item_id"])
+        baskets = rows.groupby(["user_id", "order_id"], observed=True)["event_time"].min().reset_index()
+        baskets = baskets.sort_values(["user_id", "event_time", "order_id"], kind="stable").reset_index(drop=True)
+        self.users = pd.Index(baskets["user_id"].unique())  # in id order: the baskets are sorted by user
+        self.items = pd.Index(rows["item_id"].unique()).sort_values()
+        self.user = self.users.get_indexer(baskets["user_id"])  # each basket's user (row)
+        per_user = np.bincount(self.user, minlength=len(self.users))
+        self.count = per_user[self.user]  # how many baskets the basket's user has
+        first = np.concatenate([[0], np.cumsum(per_user)[:-1]])
+        self.position = np.arange(len(baskets)) - first[self.user]  # 0 = the user's oldest basket
+        keys = ["user_id", "order_id"]
+        row_basket = pd.MultiIndex.from_frame(baskets[keys]).get_indexer(pd.MultiIndex.from_frame(rows[keys]))
+        self.matrix = sp.csr_matrix(
+            (np.ones(len(rows)), (row_basket, self.items.get_indexer(rows["item_id"]))), shape=(len(baskets), len(self.items))
+        )
+
+    def per_user(self, weights: np.ndarray) -> sp.csr_matrix:
+        """Users x items: each user's baskets summed with the given per-basket weights."""
+        spread = sp.csr_matrix((weights, (self.user, np.arange(len(weights)))), shape=(len(self.users), len(weights)))
+        return (spread @ self.matrix).tocsr()
+
+
+class _BasketPeer:
+    """A next-basket peer: known users get their ``_scores`` (items in id order), others recent
+    popularity. A list runs through the items scored above zero, ties by item id, and is filled
+    with recent popularity: a zero score ranks nothing."""
+
+    chunk = 1024
+
+    def scores(self, users: pd.Index) -> np.ndarray:
+        """Scores of known users, shape (len(users), len(self.items)), columns in ``self.items``."""
+        rows = self.baskets.users.get_indexer(users)
+        if (rows < 0).any():
+            raise KeyError(f"users with no history: {list(users[rows < 0])}")
+        return self._scores(rows)
+
+    @property
+    def items(self) -> pd.Index:
+        return self.baskets.items
+
+    def recommend(self, users: pd.Index, k: int) -> np.ndarray:
+        result = self.popular.recommend(users, k)
+        rows = self.baskets.users.get_indexer(users)
+        known = np.flatnonzero(rows >= 0)
+        fallback = list(self.popular.ranking)
+        for start in range(0, len(known), self.chunk):
+            batch = known[start : start + self.chunk]
+            scores = self._scores(rows[batch])
+            best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: ties stay in item id order
+            positive = np.take_along_axis(scores, best, axis=1) > 0
+            ids = self.items.to_numpy(dtype=object)[best]
+            lists = []
+            for row_ids, row_positive in zip(ids, positive):
+                mine = list(row_ids[row_positive])
+                seen = set(mine)
+                lists.append(mine + [item for item in fallback if item not in seen][: k - len(mine)])
+            result[batch] = _pad(lists, k)
+        return result
+
+
+@dataclass
+class TIFUKNN(_BasketPeer):
+    """TIFU-KNN (Hu, He, Gao and Zhang, SIGIR 2020): a user's time-decayed item frequencies
+    mixed with the mean of the nearest users' (cosine on those vectors).
+
+    The baskets, oldest first, are split into ``m`` groups of consecutive baskets: ``m`` is the
+    number of groups, as in the authors' code (github.com/HaojiHu/TIFUKNN, whose README calls it
+    the group size), so the published settings mean what they meant there. A user with fewer
+    than ``m`` baskets has one group per basket; otherwise the groups differ by at most one
+    basket and the newer groups take the extra ones, as there. A group's vector is the mean of
+    its baskets' multi-hot vectors, each weighted ``r_b`` ** (baskets between it and the group's
+    newest: the authors' code counts to the user's newest instead); the user's vector is the
+    mean of the group vectors, each weighted ``r_g`` ** (groups between it and the newest group).
+    A score is ``alpha`` x the user's vector + (1 - ``alpha``) x the mean of the vectors of the
+    ``neighbours`` (the paper's k) most similar other users.
+    """
+
+    neighbours: int = 300
+    r_b: float = 0.9
+    r_g: float = 0.7
+    alpha: float = 0.7
+    m: int = 7
+
+    PUBLISHED: ClassVar[dict[str, dict]] = {  # the paper's settings for its data sets
+        "TaFeng": dict(neighbours=300, r_b=0.9, r_g=0.7, alpha=0.7, m=7),
+        "Dunnhumby": dict(neighbours=900, r_b=0.9, r_g=0.6, alpha=0.2, m=3),
+        "Instacart": dict(neighbours=900, r_b=0.9, r_g=0.7, alpha=0.9, m=3),
+    }
+
+    @classmethod
+    def published(cls, dataset: str) -> "TIFUKNN":
+        return cls(**cls.PUBLISHED[dataset])
+
+    @property
+    def name(self) -> str:
+        return f"TIFU-KNN (k={self.neighbours}, rb={self.r_b}, rg={self.r_g}, alpha={self.alpha}, m={self.m})"
+
+    def fit(self, history: pd.DataFrame, cutoff: pd.Timestamp) -> "TIFUKNN":
+        self.baskets = data = _Baskets(history)
+        t, p = data.count, data.position
+        groups = np.minimum(t, self.m)
+        size, extra = t // groups, t % groups
+        n_small = (groups - extra) * size  # baskets in the older groups, the ones without an extra basket
+        small = p < n_small
+        group = np.where(small, p // size, groups - extra + (p - n_small) // (size + 1))
+        group_size = np.where(small, size, size + 1)
+        group_end = np.where(small, (group + 1) * size, n_small + (group - groups + extra + 1) * (size + 1))
+        weights = self.r_b ** (group_end - 1 - p) / group_size * self.r_g ** (groups - 1 - group) / groups
+        self.vectors = data.per_user(weights)
+        self.neighbour_weights = self._neighbours(self.vectors)
+        self.popular = RecentPopularity().fit(history, cutoff)
+        return self
+
+    def user_vectors(self, users: pd.Index) -> np.ndarray:
+        """The users' time-decayed frequency vectors, columns in ``self.items``."""
+        return self.vectors[self.baskets.users.get_indexer(users)].toarray()
+
+    def _neighbours(self, vectors: sp.csr_matrix) -> sp.csr_matrix:
+        """Users x users, 1 / n where a user's n nearest other users are (ties: lower user id)."""
+        n_users = vectors.shape[0]
+        n = min(self.neighbours, n_users - 1)
+        if n <= 0:
+            return sp.csr_matrix((n_users, n_users))
+        norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
+        unit = (sp.diags(1.0 / norms) @ vectors).astype(np.float32).tocsr()
+        rows, cols = [], []
+        for start in range(0, n_users, self.chunk):
+            similarity = (unit[start : start + self.chunk] @ unit.T).toarray()
+            own = np.arange(similarity.shape[0])
+            similarity[own, start + own] = -np.inf  # a user is not their own neighbour
+            nth = np.partition(similarity, n_users - n, axis=1)[:, n_users - n][:, None]
+            above, tied = similarity > nth, similarity == nth
+            needed = n - above.sum(axis=1, keepdims=True)
+            chosen = above | (tied & (np.cumsum(tied, axis=1) <= needed))
+            row, col = np.nonzero(chosen)
+            rows.append(row + start)
+            cols.append(col)
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        return sp.csr_matrix((np.full(len(rows), 1.0 / n), (rows, cols)), shape=(n_users, n_users))
+
+    def _scores(self, rows: np.ndarray) -> np.ndarray:
+        own = self.vectors[rows].toarray()
+        others = (self.neighbour_weights[rows] @ self.vectors).toarray()
+        return self.alpha * own + (1 - self.alpha) * others
+
+
+@dataclass
+class UPCF(_BasketPeer):
+    """UP-CF@r (Faggioli, Polato and Aiolli, UMAP 2020): an item scores, summed over all users v
+    (the user included, similarity 1), sim(u, v) ** ``q`` x the share of v's last ``r`` baskets
+    (all of them, if v has fewer) that contain it. sim is the asymmetric cosine on the sets of
+    items ever bought, |I_u & I_v| / (|I_u| ** ``alpha`` x |I_v| ** (1 - ``alpha``))."""
+
+    r: int = 10
+    alpha: float = 0.75
+    q: float = 10
+
+    PUBLISHED: ClassVar[dict[str, dict]] = {  # the paper's settings for its data sets
+        "TaFeng": dict(r=10, alpha=0.75, q=10),
+        "Dunnhumby": dict(r=25, alpha=0.75, q=10),
+    }
+
+    @classmethod
+    def published(cls, dataset: str) -> "UPCF":
+        return cls(**cls.PUBLISHED[dataset])
+
+    @property
+    def name(self) -> str:
+        return f"UP-CF@r (r={self.r}, alpha={self.alpha}, q={self.q})"
+
+    def fit(self, history: pd.DataFrame, cutoff: pd.Timestamp) -> "UPCF":
+        self.baskets = data = _Baskets(history)
+        bought = data.per_user(np.ones(len(data.user)))
+        bought.data[:] = 1.0
+        self.bought = bought
+        self.n_bought = np.asarray(bought.sum(axis=1)).ravel()
+        recent = data.position >= data.count - self.r
+        self.share = data.per_user(recent / np.minimum(data.count, self.r))
+        self.popular = RecentPopularity().fit(history, cutoff)
+        return self
+
+    def similarity(self, users: pd.Index) -> np.ndarray:
+        """Asymmetric cosine of known users to every user, columns in ``self.baskets.users``."""
+        return self._similarity(self.baskets.users.get_indexer(users))
+
+    def _similarity(self, rows: np.ndarray) -> np.ndarray:
+        common = (self.bought[rows] @ self.bought.T).toarray()
+        return common / self.n_bought[rows, None] ** self.alpha / self.n_bought[None, :] ** (1 - self.alpha)
+
+    def _scores(self, rows: np.ndarray) -> np.ndarray:
+        return (self.share.T @ (self._similarity(rows) ** self.q).T).T
 
 
 def _top_items(scores: np.ndarray, items: pd.Index, k: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from mlflow import MlflowClient
 
 from data_checks.markup import md_code_block, md_text
 from flows.settings import Settings
-from models.baselines import ALS, ItemKNN, RecentPopularity, RepeatPurchase
+from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
 from models.train import Recommender
@@ -181,6 +182,8 @@ def _accepted_rows(settings: Settings, period: Period) -> pd.DataFrame:
 
 def peers(include_als: bool = True) -> list:
     chosen = [RecentPopularity(), RepeatPurchase(), ItemKNN()]
+    # Next-basket peers with the settings both papers publish (TaFeng, Dunnhumby), none tuned on this data.
+    chosen += [TIFUKNN.published("TaFeng"), TIFUKNN.published("Dunnhumby"), UPCF.published("TaFeng"), UPCF.published("Dunnhumby")]
     if include_als:
         chosen.append(ALS())
     return chosen
@@ -293,6 +296,12 @@ def write_report(result: dict, out: Path) -> tuple[Path, Path]:
     return out, plot(result, out.with_suffix(".png"))
 
 
+def metric_key(name: str) -> str:
+    """A track's name as an MLflow metric name: "item-kNN (cosine)" -> "item-kNN_cosine"; a
+    peer's settings ("k=300, rb=0.9") keep their values, the characters MLflow refuses go."""
+    return re.sub(r"[^0-9A-Za-z\-.]+", "_", name).strip("_")
+
+
 def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> str:
     """The report as an MLflow run in the experiment ``<experiment_name>-backtest``."""
     import mlflow
@@ -304,7 +313,7 @@ def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> st
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"backtest {result['source']}") as run:
         mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"])})
         for name, r in result["results"].items():
-            key = name.replace(" ", "_").replace("(", "").replace(")", "")
+            key = metric_key(name)
             mlflow.log_metrics({f"{key}.mean_recall_at_20": r["mean_recall_at_20"], f"{key}.mean_ndcg_at_20": r["mean_ndcg_at_20"], f"{key}.train_seconds": r["train_seconds"]})
             for step, value in enumerate(r["recall_at_20"].values()):
                 mlflow.log_metric(f"{key}.recall_at_20", value, step=step)

@@ -28,7 +28,11 @@ def test_synthetic_backtest_report(settings, prefect_server, tmp_path):
     assert report["test_periods"] == tests and report["bootstrap_periods"] == ["week000", "week001"]
     assert "Prequential" in report["protocol"] and report["machine"]
     results = report["results"]
-    assert list(results) == [*POLICIES, "recent popularity (30 days)", "repeat purchase", "item-kNN (cosine)", "ALS (implicit)"]
+    assert list(results) == [
+        *POLICIES, "recent popularity (30 days)", "repeat purchase", "item-kNN (cosine)",
+        "TIFU-KNN (k=300, rb=0.9, rg=0.7, alpha=0.7, m=7)", "TIFU-KNN (k=900, rb=0.9, rg=0.6, alpha=0.2, m=3)",
+        "UP-CF@r (r=10, alpha=0.75, q=10)", "UP-CF@r (r=25, alpha=0.75, q=10)", "ALS (implicit)",
+    ]
     for name, track in results.items():
         assert list(track["recall_at_20"]) == tests, name
         assert all(0.0 <= v <= 1.0 for v in track["recall_at_20"].values()), name
@@ -52,4 +56,7 @@ def test_synthetic_backtest_report(settings, prefect_server, tmp_path):
     # The report is logged to MLflow too.
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(state.result()["mlflow_run_id"])
     assert run.data.metrics["triggered.mean_recall_at_20"] == pytest.approx(results["triggered"]["mean_recall_at_20"])
+    tifu = "TIFU-KNN (k=300, rb=0.9, rg=0.7, alpha=0.7, m=7)"
+    assert run.data.metrics["TIFU-KNN_k_300_rb_0.9_rg_0.7_alpha_0.7_m_7.mean_recall_at_20"] == pytest.approx(results[tifu]["mean_recall_at_20"])
+    assert "item-kNN_cosine.mean_recall_at_20" in run.data.metrics
     assert "backtest/backtest.json" in [a.path for a in MlflowClient(settings.mlflow_tracking_uri).list_artifacts(run.info.run_id, "backtest")]
