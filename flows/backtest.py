@@ -4,7 +4,7 @@
     python -m flows backtest --source synthetic
 
 Every policy (never update, retrain from scratch every period, incremental every period,
-triggered incremental) and every peer (recent popularity, repeat purchase, item-kNN, ALS) is
+triggered incremental) and every peer (recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r, ALS) is
 scored prequentially on each test period; the report (JSON and a plot) is written and logged to
 MLflow. See tasks/backtest.py for the protocol.
 """
@@ -131,7 +131,7 @@ def backtest(
         period: month or week: the unit each policy updates on and is scored on.
         data_path: the UCI Online Retail file (CSV, gzipped or not) when source is online-retail.
         policies: the update policies to replay; empty: all four.
-        include_peers: also score recent popularity, repeat purchase, item-kNN and ALS.
+        include_peers: also score recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r and ALS.
         include_als: ALS among the peers (needs the `implicit` package).
         out: where the JSON report (and the plot beside it) is written.
         synthetic_weeks: weeks of the synthetic shop, bootstrap weeks included.

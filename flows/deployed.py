@@ -94,7 +94,7 @@ def backtest(
         period: month or week: the unit each policy updates on and is scored on.
         data_path: the UCI Online Retail file, inside the worker's freshrec home (relative to it).
         policies: the update policies to replay; empty: all four.
-        include_peers: also score recent popularity, repeat purchase, item-kNN and ALS.
+        include_peers: also score recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r and ALS.
         include_als: ALS among the peers (needs the `implicit` package).
         synthetic_weeks: weeks of the synthetic shop, the first two for the bootstrap.
         overrides: thresholds and training knobs for this run; empty fields keep the worker's settings.
