@@ -199,12 +199,21 @@ class Settings(BaseSettings):
     # On Online Retail 30 days beat 90 days and uniform draws (94.5% vs 93.7% and 92.9% of
     # scratch). None draws uniformly.
     replay_half_life_days: float | None = Field(default=30.0, gt=0)
-    # Repeat memory: the model keeps each user's this many most bought items with their counts,
-    # and a repeat weight, chosen on the held-out slice after training, adds log(1 + count) to
-    # their scores. On Online Retail (a wholesaler: buying again is the norm) the retrained
-    # champion's Recall@20 rose from 0.26-0.32 to 0.32 with 50 items; 20 items gave half the
-    # gain, 100 or all items no more. 0 turns it off.
-    repeat_memory: int = Field(default=50, ge=0, le=10_000)
+    # Basket memory (models/two_tower.py): each user's items with time-decayed shares of their
+    # baskets, folded in exactly at every update, plus the shares of the users most like them
+    # and recent popularity; a weight chosen on the held-out slice after training adds it to the
+    # towers' scores. The defaults were tuned on December 2011 only, never on a backtest month
+    # (benchmarks/tune_memory.py): docs/finetuning.md. repeat_memory is the items kept per user
+    # (100 kept what all items give; 0 turns the memory off).
+    repeat_memory: int = Field(default=100, ge=0, le=10_000)
+    # A basket counts basket_decay ** (the user's newer baskets): 0.8 beat 0.7, 0.9 and 0.95.
+    basket_decay: float = Field(default=0.8, gt=0, le=1)
+    # Users whose memories lend a user theirs (0: none), and the weight of their mean share.
+    memory_neighbours: int = Field(default=100, ge=0, le=10_000)
+    neighbour_share: float = Field(default=1.0, ge=0, le=100)
+    # Weight of recent popularity (the most bought item = 1) and its half-life in days.
+    popularity_share: float = Field(default=0.1, ge=0, le=100)
+    popularity_half_life_days: float = Field(default=30.0, gt=0, le=10_000)
     # Softmax temperature of the in-batch loss over cosine scores: 0.1 spreads [-1, 1] enough to learn.
     temperature: float = Field(default=0.1, gt=0, le=100)
     # "auto" takes CUDA when present; "cpu" or "cuda" force it.
@@ -334,7 +343,12 @@ RUN_OVERRIDABLE = {
     "early_stopping_patience": "Epochs without a better held-out score before training stops.",
     "replay_ratio": "Replayed history rows per new row in a fine-tune.",
     "replay_half_life_days": "Replay draws a row this many days older half as often.",
-    "repeat_memory": "Most bought items per user the model remembers (0: off).",
+    "repeat_memory": "Items per user the basket memory keeps (0: off).",
+    "basket_decay": "Weight of a basket in the memory per newer basket of the same user.",
+    "memory_neighbours": "Users whose memories lend a user theirs (0: none).",
+    "neighbour_share": "Weight of the neighbours' memories against the user's own.",
+    "popularity_share": "Weight of recent popularity against the user's own memory.",
+    "popularity_half_life_days": "Half-life of a purchase in the recent popularity.",
     "temperature": "Softmax temperature of the training loss.",
     "seed": "Seed of initialisation, shuffling and samples.",
     "eval_k": "Cut-off of the ranked lists every metric is computed at.",

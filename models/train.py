@@ -45,7 +45,12 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     compile: bool = False  # torch.compile the loss step: worth it on a GPU, not on a small CPU
-    repeat_slots: int = 50  # items per user whose purchase counts the model keeps (repeat memory)
+    repeat_slots: int = 100  # items per user in the basket memory (models.two_tower)
+    basket_decay: float = 0.8  # the basket memory's decay per newer basket
+    neighbours: int = 100  # users whose memories lend a user theirs at scoring time
+    neighbour_share: float = 1.0
+    popularity_share: float = 0.1
+    popularity_half_life_days: float = 30.0
 
 
 @dataclass
@@ -104,12 +109,16 @@ class Recommender:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = TwoTower(ModelArgs(**state["model_args"]))
         missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-        if unexpected or set(missing) - TEXT_KEYS - REPEAT_KEYS:
+        unexpected = [key for key in unexpected if key not in LEGACY_REPEAT_KEYS]
+        if unexpected or set(missing) - TEXT_KEYS - MEMORY_KEYS:
             raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
+        if set(missing) & MEMORY_KEYS:
+            logger.warning("%s was written before the basket memory: it scores with its towers alone until it is retrained", path)
         if set(missing) & TEXT_KEYS:  # written before the text tower existed: leave titles out of its scores
             with torch.no_grad():
                 model.text_projection.weight.zero_()
-        # Written before the repeat memory existed: it stays empty with weight 0 (the old scores).
+        # Written before the basket memory (or with the purchase counts it replaced): the memory
+        # stays empty with weight 0, and the next update folds in only the baskets it gets.
         model.eval()
         return cls(
             model=model,
@@ -132,10 +141,11 @@ class Recommender:
 
 
 TEXT_KEYS = {"text_projection.weight", "item_text"}
-REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}
-# Repeat weights tried after training, on the held-out slice. On Online Retail the best lay
-# between 0.3 and 0.5 (Recall@20 +0.04 to +0.05 over 0); 0 keeps the towers' scores alone.
-REPEAT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+MEMORY_KEYS = {"memory_items", "memory_sums", "memory_baskets", "item_recent", "memory_weight"}
+LEGACY_REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}  # the purchase counts of older models
+# Memory weights tried after training, on the held-out slice (the towers' cosine has weight 1);
+# 0 keeps the towers' scores alone. See docs/finetuning.md for what Online Retail chose.
+MEMORY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0)
 LOG_EVERY = 50  # steps between loss readings: each reading waits for the device
 
 
@@ -185,13 +195,19 @@ def prepare(
     if start is None:
         torch.manual_seed(config.seed)
         model = TwoTower(
-            ModelArgs(len(users), len(items), len(categories), config.dim, config.history_length, repeat_slots=config.repeat_slots)
+            ModelArgs(
+                len(users), len(items), len(categories), config.dim, config.history_length, repeat_slots=config.repeat_slots,
+                basket_decay=config.basket_decay, neighbours=config.neighbours, neighbour_share=config.neighbour_share,
+                popularity_share=config.popularity_share, popularity_half_life_days=config.popularity_half_life_days,
+            )
         )
     else:
         model = start.model.grow(len(users), len(items), len(categories))
         history[: len(base_users)] = start.model.user_history
-        model.user_top_items[: len(base_users)] = start.model.user_top_items
-        model.user_top_counts[: len(base_users)] = start.model.user_top_counts
+        model.memory_items[: len(base_users)] = start.model.memory_items
+        model.memory_sums[: len(base_users)] = start.model.memory_sums
+        model.memory_baskets[: len(base_users)] = start.model.memory_baskets
+        model.item_recent[: len(base_items)] = start.model.item_recent
     with torch.no_grad():
         model.item_category.copy_(_item_categories(items, categories, catalog))
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
@@ -200,7 +216,8 @@ def prepare(
             fresh = interactions[interactions["event_time"] > start.history_until]
         model.user_history.copy_(_merge_histories(history, users, items, fresh))
         if model.args.repeat_slots:
-            _merge_repeat_memory(model.user_top_items, model.user_top_counts, users, items, fresh)
+            _fold_baskets(model, users, items, fresh)
+            _fold_popularity(model, items, fresh, start.history_until if start else None)
         if title_vectors is not None and len(title_vectors):
             rows = items.encode(title_vectors.index)
             model.item_text[rows[rows >= 0]] = torch.as_tensor(title_vectors.to_numpy()[rows >= 0], dtype=torch.float32)
@@ -228,18 +245,18 @@ def remember(recommender: Recommender, rows: pd.DataFrame, catalog: pd.DataFrame
     return remembered
 
 
-def calibrate_repeat_weight(recommender: Recommender, validate: Callable[[Recommender], float], weights=REPEAT_WEIGHTS) -> dict[float, float]:
-    """Set the weight of the repeat memory to the one that scores best on held-out data (the
+def calibrate_memory_weight(recommender: Recommender, validate: Callable[[Recommender], float], weights=MEMORY_WEIGHTS) -> dict[float, float]:
+    """Set the weight of the basket memory to the one that scores best on held-out data (the
     smallest among equals); returns the score of each weight tried."""
     model = recommender.model
     scores = {}
     with torch.no_grad():
         for weight in weights:
-            model.repeat_weight.fill_(weight)
+            model.memory_weight.fill_(weight)
             scores[weight] = float(validate(recommender))
         best = max(scores, key=lambda w: (scores[w], -w))
-        model.repeat_weight.fill_(best)
-    logger.info("repeat weight %.2f: %s", best, ", ".join(f"{w:g}: {v:.4f}" for w, v in scores.items()))
+        model.memory_weight.fill_(best)
+    logger.info("memory weight %.2f: %s", best, ", ".join(f"{w:g}: {v:.4f}" for w, v in scores.items()))
     return scores
 
 
@@ -451,33 +468,72 @@ def _merge_histories(
     return merged
 
 
-def _merge_repeat_memory(
-    top_items: torch.Tensor, top_counts: torch.Tensor, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame
-) -> None:
-    """Add the interactions' purchases to each user's counts and keep the most bought items
-    (ties: the lower item row, so the memory does not depend on row order); in place."""
+def _baskets(interactions: pd.DataFrame) -> pd.Series:
+    """Each row's basket: its order where the source has orders, else the user's day."""
+    if "order_id" in interactions:
+        return interactions["order_id"].astype("string")
+    return interactions["event_time"].dt.strftime("%Y-%m-%d").astype("string")
+
+
+def _fold_baskets(model: TwoTower, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame) -> None:
+    """Fold the interactions' baskets into the basket memory, in place, exactly as if the memory
+    had been built from all baskets at once: a user with n new baskets sees the old sums and
+    basket count decayed by basket_decay ** n, and the k-th new basket (oldest first) added
+    with weight basket_decay ** (n - k). Each user keeps the items with the largest sums (ties:
+    the lower item row, so the memory does not depend on row order)."""
     if interactions.empty:
         return
-    if "order_id" in interactions:  # a purchase is an (item, order): two lines of one order count once
-        interactions = interactions.drop_duplicates(["user_id", "item_id", "order_id"])
-    fresh = pd.DataFrame({"user": users.encode(interactions["user_id"]), "item": items.encode(interactions["item_id"])})
-    fresh = fresh.groupby(["user", "item"]).size().rename("count").reset_index()
-    touched = torch.as_tensor(fresh["user"].unique())
-    old_items, old_counts = top_items[touched], top_counts[touched]
+    decay = model.args.basket_decay
+    rows = pd.DataFrame(
+        {
+            "user": users.encode(interactions["user_id"]),
+            "item": items.encode(interactions["item_id"]),
+            "basket": _baskets(interactions).to_numpy(),
+            "time": interactions["event_time"].to_numpy(),
+        }
+    ).drop_duplicates(["user", "basket", "item"])
+    baskets = rows.groupby(["user", "basket"], as_index=False)["time"].min()
+    baskets = baskets.sort_values(["user", "time", "basket"], kind="stable")
+    position = baskets.groupby("user").cumcount().to_numpy()
+    count = baskets.groupby("user")["basket"].transform("size").to_numpy()
+    baskets["weight"] = decay ** (count - 1 - position).astype("float64")
+    new = rows.merge(baskets[["user", "basket", "weight"]], on=["user", "basket"])
+    new = new.groupby(["user", "item"], as_index=False)["weight"].sum().rename(columns={"weight": "sum"})
+    per_user = baskets.groupby("user").agg(n=("weight", "size"), added=("weight", "sum"))
+    touched = torch.as_tensor(per_user.index.to_numpy())
+    shrink = torch.as_tensor(decay ** per_user["n"].to_numpy().astype("float64"), dtype=torch.float32)
+    old_items, old_sums = model.memory_items[touched], model.memory_sums[touched] * shrink.unsqueeze(1)
     kept = old_items > 0
     old = pd.DataFrame(
         {
             "user": touched.unsqueeze(1).expand_as(old_items)[kept].numpy(),
             "item": old_items[kept].numpy(),
-            "count": old_counts[kept].numpy(),
+            "sum": old_sums[kept].numpy().astype("float64"),
         }
     )
-    merged = pd.concat([old, fresh.astype({"count": "float32"})]).groupby(["user", "item"], as_index=False)["count"].sum()
-    merged = merged.sort_values(["user", "count", "item"], ascending=[True, False, True], kind="stable")
+    merged = pd.concat([old, new]).groupby(["user", "item"], as_index=False)["sum"].sum()
+    merged = merged.sort_values(["user", "sum", "item"], ascending=[True, False, True], kind="stable")
     merged["slot"] = merged.groupby("user").cumcount()
-    merged = merged[merged["slot"] < top_items.shape[1]]
-    top_items[touched] = 0
-    top_counts[touched] = 0.0
-    rows, slots = torch.as_tensor(merged["user"].to_numpy()), torch.as_tensor(merged["slot"].to_numpy())
-    top_items[rows, slots] = torch.as_tensor(merged["item"].to_numpy(), dtype=torch.long)
-    top_counts[rows, slots] = torch.as_tensor(merged["count"].to_numpy(), dtype=torch.float32)
+    merged = merged[merged["slot"] < model.memory_items.shape[1]]
+    model.memory_baskets[touched] = model.memory_baskets[touched] * shrink + torch.as_tensor(per_user["added"].to_numpy(), dtype=torch.float32)
+    model.memory_items[touched] = 0
+    model.memory_sums[touched] = 0.0
+    where = (torch.as_tensor(merged["user"].to_numpy()), torch.as_tensor(merged["slot"].to_numpy()))
+    model.memory_items[where] = torch.as_tensor(merged["item"].to_numpy(), dtype=torch.long)
+    model.memory_sums[where] = torch.as_tensor(merged["sum"].to_numpy(), dtype=torch.float32)
+
+
+def _fold_popularity(model: TwoTower, items: Vocabulary, interactions: pd.DataFrame, until: pd.Timestamp | None) -> None:
+    """Fold the interactions' purchases (one per item and basket) into each item's decayed
+    purchases, in place: everything is decayed to the newest event, with the half-life
+    popularity_half_life_days."""
+    if interactions.empty:
+        return
+    rows = interactions.assign(basket=_baskets(interactions)).drop_duplicates(["user_id", "basket", "item_id"])
+    newest = rows["event_time"].max() if until is None else max(rows["event_time"].max(), until)
+    half_life = pd.Timedelta(days=model.args.popularity_half_life_days)
+    if until is not None:
+        model.item_recent *= 0.5 ** ((newest - until) / half_life)
+    weights = 0.5 ** ((newest - rows["event_time"]) / half_life).to_numpy(dtype="float64")
+    rows_of = items.encode(rows["item_id"])
+    model.item_recent += torch.as_tensor(np.bincount(rows_of, weights=weights, minlength=len(items)), dtype=torch.float32)

@@ -6,15 +6,21 @@ vector placed by what it is. User tower: an id embedding plus the mean of the it
 user's recent history, so a new user is placed by what they bought. Scores are cosine
 similarities; training uses an in-batch softmax with a logQ correction for item popularity.
 
-Repeat memory: each user's most bought items with their purchase counts. At scoring time an item
-gains ``repeat_weight * log(1 + purchases by this user)``, a weight calibrated on held-out data
-after training (see models.train.calibrate_repeat_weight): on a wholesaler's data, where buying
-again is the norm, the towers alone cannot say "this customer buys this every month".
+Basket memory: for each user, the items of their recent baskets (orders) with time-decayed
+weights: a basket counts ``basket_decay`` ** (baskets the user bought after it), and an item's
+value is the decayed share of the user's baskets that hold it (TIFU-KNN's personal item
+frequency, with one decay instead of groups, so an update folds new baskets in exactly, without
+gradient steps). At scoring time an item gains ``memory_weight`` x (the user's own share, plus
+``neighbour_share`` x the mean share among the ``neighbours`` users whose memories are most like
+theirs (cosine), plus ``popularity_share`` x the item's time-decayed purchases relative to the
+most bought item). ``memory_weight`` is calibrated on held-out data after training (see
+models.train.calibrate_memory_weight): on a wholesaler's data, where buying again is the norm,
+the towers alone cannot say "this customer buys this every month".
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,12 @@ class ModelArgs:
     dim: int = 32
     history_length: int = 20
     text_dim: int = 64  # width of the title vectors (models.text.MODEL_TEXT_DIM)
-    repeat_slots: int = 50  # items per user in the repeat memory (0: none)
+    repeat_slots: int = 100  # items per user in the basket memory (0: none)
+    basket_decay: float = 0.8  # weight of a basket per newer basket of the same user
+    neighbours: int = 100  # users whose memories lend a user theirs (0: none)
+    neighbour_share: float = 1.0  # weight of the neighbours' mean against the user's own memory
+    popularity_share: float = 0.1  # weight of recent popularity against the user's own memory
+    popularity_half_life_days: float = 30.0  # half-life of a purchase in the recent popularity
 
 
 class TwoTower(nn.Module):
@@ -46,10 +57,14 @@ class TwoTower(nn.Module):
         self.register_buffer("item_log_price", torch.zeros(args.n_items))
         self.register_buffer("item_text", torch.zeros(args.n_items, args.text_dim))
         self.register_buffer("user_history", torch.zeros(args.n_users, args.history_length, dtype=torch.long))
-        # Repeat memory: item rows (0 = empty) and purchase counts, most bought first.
-        self.register_buffer("user_top_items", torch.zeros(args.n_users, args.repeat_slots, dtype=torch.long))
-        self.register_buffer("user_top_counts", torch.zeros(args.n_users, args.repeat_slots))
-        self.register_buffer("repeat_weight", torch.zeros(()))
+        # Basket memory: item rows (0 = empty) with their decayed basket counts, largest first;
+        # the user's decayed number of baskets; each item's decayed purchases.
+        self.register_buffer("memory_items", torch.zeros(args.n_users, args.repeat_slots, dtype=torch.long))
+        self.register_buffer("memory_sums", torch.zeros(args.n_users, args.repeat_slots))
+        self.register_buffer("memory_baskets", torch.zeros(args.n_users))
+        self.register_buffer("item_recent", torch.zeros(args.n_items))
+        self.register_buffer("memory_weight", torch.zeros(()))
+        self._memory_cache: tuple | None = None
         for table in (self.user_embedding, self.item_embedding, self.category_embedding):
             nn.init.normal_(table.weight, std=0.05)
         with torch.no_grad():
@@ -100,17 +115,67 @@ class TwoTower(nn.Module):
         all_items = torch.arange(self.args.n_items, device=users.device)
         user_vec, item_vec = self(users, all_items)
         scores = user_vec @ item_vec.T
-        if self.args.repeat_slots and float(self.repeat_weight) != 0.0:
-            boost = torch.log1p(self.user_top_counts[users]) * self.repeat_weight
-            scores.scatter_add_(1, self.user_top_items[users], boost.to(scores.dtype))
+        if self.args.repeat_slots and float(self.memory_weight) != 0.0:
+            scores += self.memory_scores(users).to(scores.dtype) * self.memory_weight
         scores[:, 0] = float("-inf")
         return scores
+
+    @torch.no_grad()
+    def memory_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """The basket memory's score of every item for each user, shape (len(users), n_items):
+        own share + neighbour_share x the neighbours' mean share + popularity_share x recent
+        popularity (see the module's docstring)."""
+        args = self.args
+        shares, matrix, norms = self._memory_state()
+        own = torch.zeros(len(users), args.n_items, device=users.device)
+        own.scatter_add_(1, self.memory_items[users], shares[users])
+        result = own.clone()
+        n = min(args.neighbours, args.n_users - 1)
+        if n > 0 and args.neighbour_share:
+            # Similarities of a chunk of users to every user: at most ~32M floats at a time.
+            step = max(1, 2**25 // args.n_users)
+            for start in range(0, len(users), step):
+                part = slice(start, start + step)
+                result[part] += args.neighbour_share * self._neighbour_mean(users[part], own[part], shares, matrix, norms, n)
+        peak = float(self.item_recent.max())
+        if args.popularity_share and peak > 0:
+            result += (args.popularity_share / peak) * self.item_recent.unsqueeze(0)
+        return result
+
+    def _neighbour_mean(self, users, own, shares, matrix, norms, n: int) -> torch.Tensor:
+        """Mean memory of each user's ``n`` most similar other users (cosine of the memories;
+        a user with nothing in common lends nothing)."""
+        similarity = torch.sparse.mm(matrix, own.T).T  # (len(users), n_users)
+        similarity /= (norms[users].unsqueeze(1) * norms.unsqueeze(0)).clamp(min=1e-12)
+        similarity[torch.arange(len(users), device=users.device), users] = float("-inf")  # not their own neighbour
+        best = similarity.topk(n, dim=1)
+        lend = (best.values > 0).to(shares.dtype) / n  # (len(users), n)
+        items = self.memory_items[best.indices].flatten(1)  # (len(users), n * slots)
+        values = (shares[best.indices] * lend.unsqueeze(-1)).flatten(1)
+        return torch.zeros_like(own).scatter_add_(1, items, values)
+
+    def _memory_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every user's shares (n_users, slots), the same as a sparse (n_users, n_items) matrix,
+        and its row norms: built once per state of the memory (an in-place change bumps a
+        buffer's version; moving the model makes new buffers)."""
+        buffers = (self.memory_items, self.memory_sums, self.memory_baskets)
+        key = tuple((b.data_ptr(), b._version) for b in buffers)
+        if self._memory_cache is None or self._memory_cache[0] != key:
+            shares = self.memory_sums / self.memory_baskets.clamp(min=1e-12).unsqueeze(1)
+            kept = self.memory_items > 0
+            rows = torch.arange(self.args.n_users, device=shares.device).unsqueeze(1).expand_as(kept)[kept]
+            matrix = torch.sparse_coo_tensor(
+                torch.stack([rows, self.memory_items[kept]]), shares[kept], (self.args.n_users, self.args.n_items),
+                check_invariants=True,
+            ).coalesce()
+            self._memory_cache = (key, shares, matrix, shares.square().sum(1).sqrt())
+        return self._memory_cache[1:]
 
     def grow(self, n_users: int, n_items: int, n_categories: int) -> "TwoTower":
         """A copy with larger tables: old rows kept, new id rows start at zero, so a new item is
         placed by its title, category and price, and a new user by their history."""
         bigger = TwoTower(
-            ModelArgs(n_users, n_items, n_categories, self.args.dim, self.args.history_length, self.args.text_dim, self.args.repeat_slots)
+            replace(self.args, n_users=n_users, n_items=n_items, n_categories=n_categories)
         )
         with torch.no_grad():
             for name in ("user_embedding", "item_embedding", "category_embedding"):
@@ -123,7 +188,7 @@ class TwoTower(nn.Module):
             bigger.price_projection.load_state_dict(self.price_projection.state_dict())
             bigger.text_projection.load_state_dict(self.text_projection.state_dict())
             bigger.item_text[: self.args.n_items] = self.item_text
-            bigger.repeat_weight.copy_(self.repeat_weight)
+            bigger.memory_weight.copy_(self.memory_weight)
         return bigger
 
     def model_args(self) -> dict:

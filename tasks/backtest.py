@@ -62,6 +62,12 @@ class Track:
     train_seconds: float = 0.0  # training wall time after the bootstrap (the flows' own clock)
     bootstrap_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)  # champion version that served each period
+    # Per period, each scored user's Recall@20 and NDCG@20 (for the paired comparisons).
+    per_user: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    def record(self, label: str, users, recall: np.ndarray, ndcg: np.ndarray) -> None:
+        self.per_user[label] = pd.DataFrame({"recall": recall, "ndcg": ndcg}, index=pd.Index(users, name="user_id"))
+        self.recall[label], self.ndcg[label], self.users[label] = float(recall.mean()), float(ndcg.mean()), len(recall)
 
     def summary(self) -> dict:
         return {
@@ -105,13 +111,13 @@ def purchases(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates(["user_id", "item_id", "order_id"])
 
 
-def score_lists(ranked: np.ndarray, relevant: pd.Series, k: int = K) -> tuple[float, float]:
-    """Mean Recall@k and NDCG@k of ranked lists (rows in ``relevant``'s order)."""
+def score_lists(ranked: np.ndarray, relevant: pd.Series, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user Recall@k and NDCG@k of ranked lists (rows in ``relevant``'s order)."""
     if relevant.empty:
-        return float("nan"), float("nan")
+        return np.empty(0), np.empty(0)
     hits = hit_matrix(ranked, relevant)
     n_relevant = relevant.map(len).to_numpy()
-    return float(recall_at_k(hits, n_relevant, k).mean()), float(ndcg_at_k(hits, n_relevant, k).mean())
+    return recall_at_k(hits, n_relevant, k), ndcg_at_k(hits, n_relevant, k)
 
 
 def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period], tests: list[Period], on_period=None) -> tuple[Track, dict[str, pd.DataFrame]]:
@@ -149,7 +155,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
         champion = fetch_champion(settings)
         model = Recommender.load(champion.checkpoint_path)
         scored = evaluate(model, purchases(rows), seen_users, K)
-        track.recall[period.label], track.ndcg[period.label], track.users[period.label] = scored.recall, scored.ndcg, scored.users
+        track.record(period.label, scored.user_ids, scored.per_user["recall"], scored.per_user["ndcg"])
         track.versions[period.label] = champion.version
         if policy != "never":
             state = continuous_training(settings, return_state=True)
@@ -180,10 +186,17 @@ def _accepted_rows(settings: Settings, period: Period) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+# The next-basket peers' settings chosen on December 2011 of Online Retail, after every test month
+# (benchmarks/tune_on_december.py, benchmarks/results/tuning_december_2011.json).
+TUNED_TIFU = dict(neighbours=100, r_b=1.0, r_g=0.6, alpha=0.7, m=7)
+TUNED_UPCF = dict(r=5, alpha=0.5, q=5)
+
+
 def peers(include_als: bool = True) -> list:
     chosen = [RecentPopularity(), RepeatPurchase(), ItemKNN()]
-    # Next-basket peers with the settings both papers publish (TaFeng, Dunnhumby), none tuned on this data.
-    chosen += [TIFUKNN.published("TaFeng"), TIFUKNN.published("Dunnhumby"), UPCF.published("TaFeng"), UPCF.published("Dunnhumby")]
+    # Next-basket peers with the settings both papers publish (TaFeng, Dunnhumby), and tuned outside the test months.
+    chosen += [TIFUKNN.published("TaFeng"), TIFUKNN.published("Dunnhumby"), TIFUKNN(**TUNED_TIFU)]
+    chosen += [UPCF.published("TaFeng"), UPCF.published("Dunnhumby"), UPCF(**TUNED_UPCF)]
     if include_als:
         chosen.append(ALS())
     return chosen
@@ -201,12 +214,50 @@ def run_peers(accepted: dict[str, pd.DataFrame], bootstrap: list[Period], tests:
             started = time.perf_counter()
             peer.fit(before, accepted[period.label]["event_time"].min())
             track.train_seconds += time.perf_counter() - started
-            recall, ndcg = score_lists(peer.recommend(relevant.index, K), relevant)
-            track.recall[period.label], track.ndcg[period.label], track.users[period.label] = recall, ndcg, len(relevant)
+            track.record(period.label, relevant.index, *score_lists(peer.recommend(relevant.index, K), relevant))
             history.append(purchases(accepted[period.label]))
         tracks.append(track)
         logger.info("peer %s: mean Recall@20 %.4f", peer.name, np.mean(list(track.recall.values())))
     return tracks
+
+
+def paired_difference(a: Track, b: Track, metric: str, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """The mean over periods of the mean per-user difference ``a - b`` in ``metric``, with a
+    paired bootstrap interval: each resample draws users with replacement within every period
+    (both tracks scored the same users), so the interval reflects which users a period had."""
+    rng = np.random.default_rng(seed)
+    periods = [p for p in a.per_user if p in b.per_user]
+    if not periods:
+        return {"mean_difference": None, "low": None, "high": None, "periods": 0}
+    means, draws = [], np.zeros(resamples)
+    for label in periods:
+        left, right = a.per_user[label][metric], b.per_user[label][metric]
+        common = left.index.intersection(right.index)
+        if len(common) != len(left) or len(common) != len(right):
+            raise ValueError(f"{a.name} and {b.name} scored different users in {label}: a paired comparison needs the same ones")
+        difference = (left.loc[common] - right.loc[common]).to_numpy()
+        means.append(difference.mean())
+        draws += difference[rng.integers(0, len(difference), size=(resamples, len(difference)))].mean(axis=1)
+    draws /= len(periods)
+    tail = (1 - level) / 2
+    return {
+        "mean_difference": float(np.mean(means)),
+        "low": float(np.quantile(draws, tail)),
+        "high": float(np.quantile(draws, 1 - tail)),
+        "periods": len(periods),
+    }
+
+
+def significance(tracks: list[Track], of: str = "triggered", against_policies: tuple[str, ...] = ("retrain",)) -> dict:
+    """``of`` against monthly retraining and every peer, on Recall@20 and NDCG@20."""
+    by_name = {t.name: t for t in tracks}
+    if of not in by_name:
+        return {}
+    others = [t for t in tracks if t.name in against_policies or t.name not in POLICIES]
+    return {
+        other.name: {metric: paired_difference(by_name[of], other, metric) for metric in ("recall", "ndcg")}
+        for other in others
+    }
 
 
 def machine() -> str:
@@ -237,6 +288,9 @@ def report(source: str, period: str, bootstrap: list[Period], tests: list[Period
         "wall_seconds": round(wall_seconds, 1),
         "results": by_name,
     }
+    compared = significance(tracks)
+    if compared:
+        result["triggered_vs"] = compared
     retrain, triggered = by_name.get("retrain"), by_name.get("triggered")
     if retrain and triggered and retrain["mean_recall_at_20"]:
         result["triggered_vs_retrain"] = {
@@ -250,14 +304,33 @@ def format_report(result: dict) -> str:
     rows = [("policy / peer", "mean Recall@20", "mean NDCG@20", "updates", "train s")]
     for name, r in result["results"].items():
         rows.append((name, f"{r['mean_recall_at_20']:.4f}", f"{r['mean_ndcg_at_20']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _table(rows)
     share = result.get("triggered_vs_retrain")
     if share:
         time_share = f"{share['train_time_share']:.1%}" if share["train_time_share"] is not None else "-"
         lines.append(f"\ntriggered / retrain: {share['recall_share']:.1%} of the mean Recall@20 for {time_share} of the training time")
+    compared = result.get("triggered_vs")
+    if compared:
+        rows = [("triggered minus", "Recall@20 [95% interval]", "NDCG@20 [95% interval]")]
+        for name, metrics in compared.items():
+            rows.append((name, *(_interval(metrics[m]) for m in ("recall", "ndcg"))))
+        lines += ["", *_table(rows)]
+        lines.append("(mean over periods of the per-user difference; paired bootstrap over users within periods)")
     return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Fixed-width lines: a header, a rule, the rows."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _interval(d: dict) -> str:
+    if d["mean_difference"] is None:
+        return "-"
+    return f"{d['mean_difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
 def format_markdown(result: dict) -> str:

@@ -23,7 +23,7 @@ from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
-from models.train import Recommender, TrainConfig, calibrate_repeat_weight, prepare, remember, train
+from models.train import Recommender, TrainConfig, calibrate_memory_weight, prepare, remember, train
 from tasks import ledger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
@@ -233,6 +233,11 @@ def train_config(settings: Settings, init_from: str) -> TrainConfig:
         dim=settings.embedding_dim,
         history_length=settings.history_length,
         repeat_slots=settings.repeat_memory,
+        basket_decay=settings.basket_decay,
+        neighbours=settings.memory_neighbours,
+        neighbour_share=settings.neighbour_share,
+        popularity_share=settings.popularity_share,
+        popularity_half_life_days=settings.popularity_half_life_days,
         device=settings.device,
         seed=settings.seed,
     )
@@ -287,7 +292,7 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
     else:
         recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
     if validate is not None and recommender.model.args.repeat_slots:
-        calibrate_repeat_weight(recommender, validate)
+        calibrate_memory_weight(recommender, validate)
     seconds = time.perf_counter() - started
     path = recommender.save(settings.checkpoints_dir / f"challenger-{key}.pt")
     progress_path.unlink(missing_ok=True)  # finished: the challenger file is the result

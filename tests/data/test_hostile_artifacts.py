@@ -201,6 +201,7 @@ def test_the_backtest_artifact_forges_nothing(settings, monkeypatch, tmp_path):
     result = {
         "source": HOSTILE[2], "results": {"triggered": track, fenced: track},
         "triggered_vs_retrain": {"recall_share": 0.9, "train_time_share": None},
+        "triggered_vs": {fenced: {m: {"mean_difference": 0.01, "low": -0.01, "high": 0.02, "periods": 1} for m in ("recall", "ndcg")}},
     }
     monkeypatch.setattr(bt, "write_report", lambda result, out: (out, out.with_suffix(".png")))
     monkeypatch.setattr(bt, "log_report", lambda settings, result, files: "run-id")

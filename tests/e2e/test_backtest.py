@@ -31,7 +31,8 @@ def test_synthetic_backtest_report(settings, prefect_server, tmp_path):
     assert list(results) == [
         *POLICIES, "recent popularity (30 days)", "repeat purchase", "item-kNN (cosine)",
         "TIFU-KNN (k=300, rb=0.9, rg=0.7, alpha=0.7, m=7)", "TIFU-KNN (k=900, rb=0.9, rg=0.6, alpha=0.2, m=3)",
-        "UP-CF@r (r=10, alpha=0.75, q=10)", "UP-CF@r (r=25, alpha=0.75, q=10)", "ALS (implicit)",
+        "TIFU-KNN (k=100, rb=1.0, rg=0.6, alpha=0.7, m=7)",
+        "UP-CF@r (r=10, alpha=0.75, q=10)", "UP-CF@r (r=25, alpha=0.75, q=10)", "UP-CF@r (r=5, alpha=0.5, q=5)", "ALS (implicit)",
     ]
     for name, track in results.items():
         assert list(track["recall_at_20"]) == tests, name
@@ -52,6 +53,16 @@ def test_synthetic_backtest_report(settings, prefect_server, tmp_path):
         assert versions[-1] <= 1 + results[policy]["updates"]
     # Identical champions score identically: every policy's first week is the same model's.
     assert len({round(results[p]["recall_at_20"]["week002"], 10) for p in POLICIES}) == 1
+
+    # The triggered policy against retraining and every peer: a paired interval around the mean.
+    compared = report["triggered_vs"]
+    assert list(compared) == ["retrain", *list(results)[len(POLICIES):]]
+    for name, metrics in compared.items():
+        for metric, key in (("recall", "mean_recall_at_20"), ("ndcg", "mean_ndcg_at_20")):
+            d = metrics[metric]
+            assert d["periods"] == 3 and d["low"] <= d["mean_difference"] <= d["high"], name
+            assert d["mean_difference"] == pytest.approx(results["triggered"][key] - results[name][key]), name
+    assert "triggered minus" in state.message
 
     # The report is logged to MLflow too.
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(state.result()["mlflow_run_id"])

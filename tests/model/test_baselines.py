@@ -189,3 +189,23 @@ def test_published_settings_are_named_by_their_values():
     assert TIFUKNN.published("Instacart").name == "TIFU-KNN (k=900, rb=0.9, rg=0.7, alpha=0.9, m=3)"
     assert UPCF().name == UPCF.published("TaFeng").name == "UP-CF@r (r=10, alpha=0.75, q=10)"
     assert UPCF.published("Dunnhumby").name == "UP-CF@r (r=25, alpha=0.75, q=10)"
+
+
+def test_the_tuned_peers_are_the_choices_of_the_december_tuning():
+    import json
+    from pathlib import Path
+
+    from tasks.backtest import TUNED_TIFU, TUNED_UPCF
+
+    tuning = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "tuning_december_2011.json").read_text())
+    assert tuning["tune_month"] == "2011-12"  # after every test month of the backtest
+    assert tuning["results"]["TIFU-KNN"]["chosen"]["params"] == TUNED_TIFU
+    assert tuning["results"]["UP-CF@r"]["chosen"]["params"] == TUNED_UPCF
+    memory = tuning["results"]["freshrec basket memory"]["chosen"]["params"]
+    from flows.settings import Settings
+
+    defaults = Settings.model_fields
+    assert memory == {
+        "basket_decay": defaults["basket_decay"].default, "neighbours": defaults["memory_neighbours"].default,
+        "neighbour_share": defaults["neighbour_share"].default, "popularity_share": defaults["popularity_share"].default,
+    }

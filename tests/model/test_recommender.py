@@ -146,42 +146,64 @@ def _rows(pairs: list[tuple[str, str, str]], day: str = "2026-01-05") -> pd.Data
     )
 
 
-def test_repeat_memory_counts_purchases_and_merges_updates():
+def _memory(r: Recommender, user: str) -> tuple[dict[str, float], float]:
+    row = r.users.encode([user])[0]
+    items, sums = r.model.memory_items[row].tolist(), r.model.memory_sums[row].tolist()
+    return {r.items.decode([i])[0]: pytest.approx(v) for i, v in zip(items, sums) if i > 0}, pytest.approx(float(r.model.memory_baskets[row]))
+
+
+def test_basket_memory_decays_per_newer_basket_and_folds_updates_in():
     catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "category": "x", "price": 1.0})
-    config = TrainConfig(repeat_slots=2, dim=4)
-    # u1 buys a in two orders (twice on one order's two lines counts once), b once, c once.
+    config = TrainConfig(repeat_slots=2, dim=4, basket_decay=0.5)
+    # u1's baskets, oldest first (same time: by order id): o1 {a, b} (a on two lines counts once), o2 {a}, o3 {c}.
+    # Weights 0.25, 0.5, 1: a = 0.75, b = 0.25, c = 1; the decayed basket count is 1.75.
     first = prepare(_rows([("u1", "a", "o1"), ("u1", "a", "o1"), ("u1", "a", "o2"), ("u1", "b", "o1"), ("u1", "c", "o3")]), catalog, config, None)
-    memory = lambda r, user: {  # noqa: E731
-        r.items.decode([i])[0]: float(c)
-        for i, c in zip(r.model.user_top_items[r.users.encode([user])[0]].tolist(), r.model.user_top_counts[r.users.encode([user])[0]].tolist())
-        if i > 0
-    }
-    assert memory(first, "u1") == {"a": 2.0, "b": 1.0}  # two slots: the most bought, ties by item row
+    assert _memory(first, "u1") == ({"c": 1.0, "a": 0.75}, 1.75)  # two slots: the largest sums
     later = prepare(_rows([("u1", "c", "o4"), ("u1", "c", "o5"), ("u2", "b", "o6")], day="2026-01-12"), catalog, config, first)
-    # c's first purchase fell out of the two slots, so it counts 2 now, not 3: the memory keeps
-    # the most bought items, not every count. b (1) drops out.
-    assert memory(later, "u1") == {"a": 2.0, "c": 2.0}
-    assert memory(later, "u2") == {"b": 1.0}
+    # Two new baskets decay the old sums by 0.25 (c 0.25, a 0.1875) and add 0.5 and 1 for c.
+    assert _memory(later, "u1") == ({"c": 1.75, "a": 0.1875}, 1.75 * 0.25 + 1.5)
+    assert _memory(later, "u2") == ({"b": 1.0}, 1.0)
 
 
-def test_repeat_weight_raises_the_users_own_items_and_is_chosen_on_held_out_data(champion, history, shop):
-    users = torch.as_tensor(champion.users.encode(history["user_id"].unique()[:50]))
-    model = champion.model
-    plain = model.score_all(users)
-    model.repeat_weight.fill_(0.5)
-    boosted = model.score_all(users)
-    own = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, model.user_top_items[users], model.user_top_counts[users] > 0)
-    own[:, 0] = False
-    assert own.any()
-    # Exactly the user's own items move, by 0.5 * log(1 + purchases).
-    delta, own = (boosted - plain)[:, 1:], own[:, 1:]  # column 0 is padding (-inf in both)
-    assert (delta[~own] == 0).all() and (delta[own] > 0).all()
-    model.repeat_weight.fill_(0.0)
+def test_folding_in_updates_gives_the_memory_of_all_baskets_at_once(shop, history):
+    catalog = shop.catalog(False)
+    config = TrainConfig(repeat_slots=TINY_SHOP.n_items, dim=4)  # every item kept: folding is exact
+    weeks = [history[history["event_time"] < history["event_time"].quantile(q)] for q in (0.3, 0.7)] + [history]
+    folded = prepare(weeks[0], catalog, config, None)
+    for earlier, rows in zip(weeks, weeks[1:]):
+        folded = prepare(rows[rows["event_time"] > earlier["event_time"].max()], catalog, config, folded)
+    whole = prepare(history, catalog, config, None)
+    for user in history["user_id"].drop_duplicates().sample(40, random_state=0):
+        assert _memory(folded, user)[0] == {k: v.expected for k, v in _memory(whole, user)[0].items()}
+        assert _memory(folded, user)[1] == _memory(whole, user)[1].expected
+    order = folded.items.encode(whole.items.ids)
+    assert torch.allclose(folded.model.item_recent[order], whole.model.item_recent[1:], rtol=1e-4)
+
+
+def test_memory_scores_are_own_shares_neighbours_and_recent_popularity():
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "category": "x", "price": 1.0})
+    config = TrainConfig(dim=4, neighbours=1, neighbour_share=0.5, popularity_share=0.1)
+    r = prepare(_rows([("u1", "a", "o1"), ("u1", "b", "o1"), ("u2", "a", "o2"), ("u2", "c", "o2"), ("u3", "d", "o3")]), catalog, config, None)
+    users = torch.as_tensor(r.users.encode(["u1", "u3"]))
+    columns = r.items.encode(["a", "b", "c", "d"])
+    memory = r.model.memory_scores(users)[:, columns]
+    # u1 = {a, b}, u2 = {a, c}: cosine 0.5, u1's one neighbour is u2 (a +0.5, c +0.5); u3 = {d}
+    # shares nothing, so nobody lends u3 anything. Popularity: a bought twice, the rest once.
+    popularity = 0.1 * torch.tensor([1.0, 0.5, 0.5, 0.5])
+    assert torch.allclose(memory[0], torch.tensor([1.5, 1.0, 0.5, 0.0]) + popularity)
+    assert torch.allclose(memory[1], torch.tensor([0.0, 0.0, 0.0, 1.0]) + popularity)
+    plain = r.model.score_all(users)
+    r.model.memory_weight.fill_(2.0)
+    boosted = r.model.score_all(users)
+    assert torch.allclose((boosted - plain)[:, columns], 2.0 * memory)
+
+
+def test_memory_weight_is_chosen_on_held_out_data(champion, history, shop):
+    from models.train import calibrate_memory_weight
+
     # The synthetic shop re-buys 30% of basket lines: the held-out week prefers a positive weight.
-    from models.train import calibrate_repeat_weight
-
     holdout, seen = shop.week(3), pd.Index(history["user_id"].unique())
-    scores = calibrate_repeat_weight(champion, lambda r: evaluate(r, holdout, seen, 20).recall)
-    assert float(model.repeat_weight) == max(scores, key=lambda w: (scores[w], -w)) > 0
-    assert scores[float(model.repeat_weight)] > scores[0.0]
-    model.repeat_weight.fill_(0.0)  # the module-scoped champion is shared
+    scores = calibrate_memory_weight(champion, lambda r: evaluate(r, holdout, seen, 20).recall)
+    assert float(champion.model.memory_weight) == max(scores, key=lambda w: (scores[w], -w)) > 0
+    assert scores[float(champion.model.memory_weight)] > scores[0.0]
+    champion.model.memory_weight.fill_(0.0)  # the module-scoped champion is shared

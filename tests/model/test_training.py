@@ -137,7 +137,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, shop, capl
 @pytest.mark.slow
 def test_the_training_task_under_torchrun_trains_the_model_one_process_does(tmp_path, shop, monkeypatch):
     """settings.train_processes=2: fit launches torchrun (two gloo processes here, one per GPU on
-    a GPU host) and gets the single-process model back, early stopping and repeat weight included."""
+    a GPU host) and gets the single-process model back, early stopping and memory weight included."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     fields = dict(scratch_epochs=3, batch_size=256, embedding_dim=16, use_title_text=False, device="cpu")
     data = _training_data(shop)
@@ -149,7 +149,7 @@ def test_the_training_task_under_torchrun_trains_the_model_one_process_does(tmp_
     assert [h["epoch"] for h in epochs] == [1, 2, 3]  # the launch's epochs reach the task's log
     assert [h["loss"] for h in b.history] == pytest.approx([h["loss"] for h in a.history], rel=1e-3)
     assert (two.epochs, two.best_epoch) == (one.epochs, one.best_epoch)
-    assert b.model.repeat_weight.item() == pytest.approx(a.model.repeat_weight.item())
+    assert b.model.memory_weight.item() == pytest.approx(a.model.memory_weight.item())
     _assert_same_weights(a, b, atol=1e-3)
     assert not list((tmp_path / "two" / "checkpoints").glob("torchrun-*"))  # the launch's files are gone
 
