@@ -145,7 +145,7 @@ MEMORY_KEYS = {"memory_items", "memory_sums", "memory_baskets", "item_recent", "
 LEGACY_REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}  # the purchase counts of older models
 # Memory weights tried after training, on the held-out slice (the towers' cosine has weight 1);
 # 0 keeps the towers' scores alone. See docs/finetuning.md for what Online Retail chose.
-MEMORY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0)
+MEMORY_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 LOG_EVERY = 50  # steps between loss readings: each reading waits for the device
 
 
@@ -250,7 +250,7 @@ def calibrate_memory_weight(recommender: Recommender, validate: Callable[[Recomm
     smallest among equals); returns the score of each weight tried."""
     model = recommender.model
     scores = {}
-    with torch.no_grad():
+    with torch.no_grad(), model.memoized_memory():
         for weight in weights:
             model.memory_weight.fill_(weight)
             scores[weight] = float(validate(recommender))
@@ -287,6 +287,11 @@ def train(
     The pairs live on the device for the whole run and the loss is read every LOG_EVERY steps,
     so a GPU is not stalled by a host synchronisation per step.
     """
+    with recommender.model.memoized_memory():  # the held-out users' memory scores, once
+        return _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, progress)
+
+
+def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, progress) -> Recommender:
     config = recommender.config
     rank, world = distributed_rank()
     if checkpoint_path is not None and checkpoint_path.exists():

@@ -20,6 +20,7 @@ the towers alone cannot say "this customer buys this every month".
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -41,6 +42,9 @@ class ModelArgs:
     neighbour_share: float = 1.0  # weight of the neighbours' mean against the user's own memory
     popularity_share: float = 0.1  # weight of recent popularity against the user's own memory
     popularity_half_life_days: float = 30.0  # half-life of a purchase in the recent popularity
+
+
+MEMO_ELEMENTS = 2**26  # what memoized_memory keeps at most: 256 MB of float32 scores
 
 
 class TwoTower(nn.Module):
@@ -65,6 +69,7 @@ class TwoTower(nn.Module):
         self.register_buffer("item_recent", torch.zeros(args.n_items))
         self.register_buffer("memory_weight", torch.zeros(()))
         self._memory_cache: tuple | None = None
+        self._memo: dict | None = None  # memory scores kept while ``memoized_memory`` is open
         for table in (self.user_embedding, self.item_embedding, self.category_embedding):
             nn.init.normal_(table.weight, std=0.05)
         with torch.no_grad():
@@ -120,11 +125,36 @@ class TwoTower(nn.Module):
         scores[:, 0] = float("-inf")
         return scores
 
+    @contextmanager
+    def memoized_memory(self):
+        """While open, the memory scores of a set of users are computed once: they depend on the
+        memory alone, not on the towers' weights, so scoring the same held-out users after every
+        epoch and for every memory weight reuses them."""
+        self._memo = {}
+        try:
+            yield self
+        finally:
+            self._memo = None
+
     @torch.no_grad()
     def memory_scores(self, users: torch.Tensor) -> torch.Tensor:
         """The basket memory's score of every item for each user, shape (len(users), n_items):
         own share + neighbour_share x the neighbours' mean share + popularity_share x recent
         popularity (see the module's docstring)."""
+        if self._memo is None:
+            return self._memory_scores(users)
+        key = (tuple(users.tolist()), self._memory_key(), users.device)
+        if key in self._memo:
+            return self._memo[key]
+        scores = self._memory_scores(users)
+        if sum(v.numel() for v in self._memo.values()) + scores.numel() <= MEMO_ELEMENTS:
+            self._memo[key] = scores
+        return scores
+
+    def _memory_key(self) -> tuple:
+        return tuple((b.data_ptr(), b._version) for b in (self.memory_items, self.memory_sums, self.memory_baskets, self.item_recent))
+
+    def _memory_scores(self, users: torch.Tensor) -> torch.Tensor:
         args = self.args
         shares, matrix, norms = self._memory_state()
         own = torch.zeros(len(users), args.n_items, device=users.device)
@@ -158,8 +188,7 @@ class TwoTower(nn.Module):
         """Every user's shares (n_users, slots), the same as a sparse (n_users, n_items) matrix,
         and its row norms: built once per state of the memory (an in-place change bumps a
         buffer's version; moving the model makes new buffers)."""
-        buffers = (self.memory_items, self.memory_sums, self.memory_baskets)
-        key = tuple((b.data_ptr(), b._version) for b in buffers)
+        key = self._memory_key()
         if self._memory_cache is None or self._memory_cache[0] != key:
             shares = self.memory_sums / self.memory_baskets.clamp(min=1e-12).unsqueeze(1)
             kept = self.memory_items > 0

@@ -207,3 +207,19 @@ def test_memory_weight_is_chosen_on_held_out_data(champion, history, shop):
     assert float(champion.model.memory_weight) == max(scores, key=lambda w: (scores[w], -w)) > 0
     assert scores[float(champion.model.memory_weight)] > scores[0.0]
     champion.model.memory_weight.fill_(0.0)  # the module-scoped champion is shared
+
+
+def test_memoized_memory_scores_follow_the_memory_and_end_with_the_block(champion, history):
+    model = champion.model
+    users = torch.as_tensor(champion.users.encode(history["user_id"].unique()[:30]))
+    plain = model.memory_scores(users)
+    with model.memoized_memory():
+        first = model.memory_scores(users)
+        assert model.memory_scores(users) is first and torch.equal(first, plain)
+        saved = model.memory_sums.clone()
+        model.memory_sums.mul_(2.0)  # the memory changed: its scores are computed again
+        changed = model.memory_scores(users)
+        assert changed is not first and not torch.equal(changed, first)
+        model.memory_sums.copy_(saved)
+    assert model._memo is None
+    assert torch.equal(model.memory_scores(users), plain)
