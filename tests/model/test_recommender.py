@@ -223,3 +223,24 @@ def test_memoized_memory_scores_follow_the_memory_and_end_with_the_block(champio
         model.memory_sums.copy_(saved)
     assert model._memo is None
     assert torch.equal(model.memory_scores(users), plain)
+
+
+def test_a_checkpoint_with_the_old_purchase_count_memory_loads_with_an_empty_memory(champion, tmp_path, caplog):
+    path = champion.save(tmp_path / "model.pt")
+    state = torch.load(path, weights_only=True)
+    memory = {k: state["state_dict"].pop(k) for k in ("memory_items", "memory_sums", "memory_baskets", "item_recent", "memory_weight")}
+    state["state_dict"] |= {"user_top_items": memory["memory_items"][:, :50], "user_top_counts": memory["memory_sums"][:, :50], "repeat_weight": torch.tensor(0.5)}
+    state["model_args"] = {k: v for k, v in state["model_args"].items() if k in ("n_users", "n_items", "n_categories", "dim", "history_length", "text_dim")} | {"repeat_slots": 50}
+    torch.save(state, path)
+    with caplog.at_level("WARNING"):
+        old = Recommender.load(path)
+    assert "before the basket memory" in caplog.text
+    assert float(old.model.memory_weight) == 0.0 and not old.model.memory_items.any() and not old.model.memory_baskets.any()
+    users = torch.as_tensor(old.users.encode(champion.users.ids[:5]))
+    with torch.no_grad():
+        user_vec, item_vec = old.model(users, torch.arange(len(old.items)))
+    assert torch.allclose(old.model.score_all(users)[:, 1:], (user_vec @ item_vec.T)[:, 1:])  # its towers alone
+    # Its next update folds the new baskets into the empty memory.
+    rows = _rows([(champion.users.ids[0], champion.items.ids[0], "new-order")], day="2031-01-01")
+    later = prepare(rows, pd.DataFrame({"item_id": [], "category": [], "price": []}), old.config, old)
+    assert _memory(later, champion.users.ids[0]) == ({champion.items.ids[0]: 1.0}, 1.0)
