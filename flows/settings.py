@@ -203,8 +203,11 @@ class Settings(BaseSettings):
     # baskets, folded in exactly at every update, plus the shares of the users most like them
     # and recent popularity; a weight chosen on the held-out slice after training adds it to the
     # towers' scores. The defaults were tuned on December 2011 only, never on a backtest month
-    # (benchmarks/tune_memory.py): docs/finetuning.md. repeat_memory is the items kept per user
-    # (100 kept what all items give; 0 turns the memory off).
+    # (benchmarks/tune_on_december.py): docs/finetuning.md. repeat_memory is the items kept per
+    # user (100 kept what all items give; 0 turns the memory off). repeat_memory, basket_decay
+    # and popularity_half_life_days say how a memory is built: a warm start keeps its champion's
+    # (a bootstrap or a retrain from scratch takes new ones); the neighbours and shares apply to
+    # every new model.
     repeat_memory: int = Field(default=100, ge=0, le=10_000)
     # A basket counts basket_decay ** (the user's newer baskets): 0.8 beat 0.7, 0.9 and 0.95.
     basket_decay: float = Field(default=0.8, gt=0, le=1)
@@ -344,12 +347,12 @@ RUN_OVERRIDABLE = {
     "early_stopping_patience": "Epochs without a better held-out score before training stops.",
     "replay_ratio": "Replayed history rows per new row in a fine-tune.",
     "replay_half_life_days": "Replay draws a row this many days older half as often.",
-    "repeat_memory": "Items per user the basket memory keeps (0: off).",
-    "basket_decay": "Weight of a basket in the memory per newer basket of the same user.",
+    "repeat_memory": "Items per user the basket memory keeps (0: off; a warm start keeps its champion's).",
+    "basket_decay": "Weight of a basket in the memory per newer basket of the same user (a warm start keeps its champion's).",
     "memory_neighbours": "Users whose memories lend a user theirs (0: none).",
     "neighbour_share": "Weight of the neighbours' memories against the user's own.",
     "popularity_share": "Weight of recent popularity against the user's own memory.",
-    "popularity_half_life_days": "Half-life of a purchase in the recent popularity.",
+    "popularity_half_life_days": "Half-life of a purchase in the recent popularity (a warm start keeps its champion's).",
     "temperature": "Softmax temperature of the training loss.",
     "seed": "Seed of initialisation, shuffling and samples.",
     "eval_k": "Cut-off of the ranked lists every metric is computed at.",

@@ -113,7 +113,7 @@ class Recommender:
         if unexpected or set(missing) - TEXT_KEYS - MEMORY_KEYS:
             raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
         if set(missing) & MEMORY_KEYS:
-            logger.warning("%s was written before the basket memory: it scores with its towers alone until it is retrained", path)
+            logger.warning("%s was written before the basket memory: its memory starts empty (the towers score alone) and fills with the baskets of its next updates", path)
         if set(missing) & TEXT_KEYS:  # written before the text tower existed: leave titles out of its scores
             with torch.no_grad():
                 model.text_projection.weight.zero_()
@@ -203,6 +203,10 @@ def prepare(
         )
     else:
         model = start.model.grow(len(users), len(items), len(categories))
+        # How the memory is scored follows the config; how it was built (slots, decays) stays
+        # the champion's, or its sums would mix two decays.
+        model.args.neighbours, model.args.neighbour_share = config.neighbours, config.neighbour_share
+        model.args.popularity_share = config.popularity_share
         history[: len(base_users)] = start.model.user_history
         model.memory_items[: len(base_users)] = start.model.memory_items
         model.memory_sums[: len(base_users)] = start.model.memory_sums

@@ -244,3 +244,12 @@ def test_a_checkpoint_with_the_old_purchase_count_memory_loads_with_an_empty_mem
     rows = _rows([(champion.users.ids[0], champion.items.ids[0], "new-order")], day="2031-01-01")
     later = prepare(rows, pd.DataFrame({"item_id": [], "category": [], "price": []}), old.config, old)
     assert _memory(later, champion.users.ids[0]) == ({champion.items.ids[0]: 1.0}, 1.0)
+
+
+def test_a_warm_start_keeps_how_its_memory_was_built_and_scores_it_as_configured(champion, shop):
+    config = TrainConfig(**{**CONFIG.__dict__, "basket_decay": 0.5, "repeat_slots": 7, "neighbours": 3, "neighbour_share": 0.2, "popularity_share": 0.0})
+    grown = prepare(shop.week(3), shop.catalog(False), config, champion)
+    args = grown.model.args
+    assert (args.basket_decay, args.repeat_slots) == (champion.model.args.basket_decay, champion.model.args.repeat_slots)
+    assert (args.neighbours, args.neighbour_share, args.popularity_share) == (3, 0.2, 0.0)
+    assert champion.model.args.neighbours == CONFIG.neighbours  # the champion itself is unchanged
