@@ -39,6 +39,7 @@ POLICIES = {
     "triggered": "triggered incremental update (default thresholds)",
 }
 K = 20
+POLICY_COLOURS = {"never": "#7f7f7f", "retrain": "#1f77b4", "incremental": "#2ca02c", "triggered": "#d62728"}
 DERIVED = ("landing_dir", "accepted_dir", "quarantine_dir", "reports_dir", "checkpoints_dir", "mlflow_artifacts_dir")
 
 
@@ -344,16 +345,45 @@ def plot(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(10, 5))
+    compared = result.get("triggered_vs") or {}
+    figure, axes = plt.subplots(1, 2 if compared else 1, figsize=(16 if compared else 10, 6.5), squeeze=False,
+                                gridspec_kw={"width_ratios": [1.8, 1.0]} if compared else None)
+    axis = axes[0, 0]
+    peer_colours = iter(plt.get_cmap("tab10").colors[4:] + plt.get_cmap("Dark2").colors)
     for name, r in result["results"].items():
         labels = list(r["recall_at_20"])
-        axis.plot(labels, list(r["recall_at_20"].values()), marker="o", linestyle="-" if name in POLICIES else "--", label=name)
+        policy = name in POLICIES
+        axis.plot(
+            labels, list(r["recall_at_20"].values()), label=name,
+            color=POLICY_COLOURS[name] if policy else next(peer_colours, None),
+            linestyle="-" if policy else "--", linewidth=2.6 if name == "triggered" else 1.6 if policy else 1.0,
+            marker="o" if policy else ".", markersize=4 if policy else 3,
+        )
     axis.set_xlabel(result["period"])
     axis.set_ylabel("Recall@20")
-    axis.set_title(f"Backtest on {result['source']}: Recall@20 per {result['period']} (prequential)")
+    axis.set_title(f"Recall@20 per {result['period']} (prequential; peers dashed)", fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.autofmt_xdate()
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    if len(labels) > 16:  # weekly: every fourth label
+        for i, tick in enumerate(axis.get_xticklabels()):
+            tick.set_visible(i % 4 == 0)
+    for tick in axis.get_xticklabels():
+        tick.set_rotation(30)
+    if compared:
+        side = axes[0, 1]
+        # The close ones: retraining and the peers within 0.05 (the others would squash the scale).
+        names = [n for n, d in compared.items() if d["recall"]["mean_difference"] is not None and abs(d["recall"]["mean_difference"]) < 0.05][::-1]
+        recall = [compared[n]["recall"] for n in names]
+        means = [d["mean_difference"] or 0.0 for d in recall]
+        errors = [[m - (d["low"] if d["low"] is not None else m) for m, d in zip(means, recall)],
+                  [(d["high"] if d["high"] is not None else m) - m for m, d in zip(means, recall)]]
+        side.errorbar(means, range(len(names)), xerr=errors, fmt="o", color=POLICY_COLOURS["triggered"], capsize=3)
+        side.axvline(0.0, color="black", linewidth=0.8)
+        side.set_yticks(range(len(names)), [n.replace(" (", "\n(", 1) if len(n) > 30 else n for n in names], fontsize=7)
+        side.set_xlabel("triggered minus track: mean Recall@20 difference")
+        side.set_title("95% paired bootstrap intervals\n(retraining and the peers within 0.05)", fontsize=9)
+        side.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"Backtest on {result['source']}")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
