@@ -126,6 +126,16 @@ class TwoTower(nn.Module):
         return scores
 
     @contextmanager
+    def without_memory(self):
+        """While open, the towers score alone (memory weight 0): what a fine-tune can forget."""
+        weight = float(self.memory_weight)
+        self.memory_weight.fill_(0.0)
+        try:
+            yield self
+        finally:
+            self.memory_weight.fill_(weight)
+
+    @contextmanager
     def memoized_memory(self):
         """While open, the memory scores of a set of users are computed once: they depend on the
         memory alone, not on the towers' weights, so scoring the same held-out users after every

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -354,7 +355,13 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
     }
     slices = {}
     for name, frame in frames.items():
-        scored = {model: evaluate(recommender, frame, data.eval_users, k, catalog_size) for model, recommender in models.items()}
+        scored = {}
+        for model, recommender in models.items():
+            # The historical slice asks what the fine-tune forgot: the towers alone. The basket
+            # memory is folded in exactly and weighs older baskets less by design, so with it
+            # an update "loses" old purchases it never forgot.
+            with recommender.model.without_memory() if name == "historical" else nullcontext():
+                scored[model] = evaluate(recommender, frame, data.eval_users, k, catalog_size)
         slices[name] = SliceComparison(name, len(frame), scored["challenger"], scored.get("champion"))
     newest = slices["newest"]
     ci = dict(confidence=settings.confidence_level, n_resamples=settings.bootstrap_resamples, seed=settings.seed)

@@ -210,3 +210,25 @@ def test_title_vectors_are_encoded_once_per_title(tmp_path, monkeypatch):
     assert np.allclose(again.loc["a"], vectors.loc["a"])
     red, blue, chair = vectors.loc["a"], vectors.loc["b"], again.loc["d"]
     assert red @ blue > red @ chair  # mugs are closer to mugs than to chairs
+
+
+def test_the_forgetting_slice_scores_the_towers_alone_and_the_newest_slice_the_whole_model(shop, tmp_path):
+    """The basket memory weighs older baskets less by design; the forgetting check is about what
+    the fine-tune forgot, so the historical slice is scored without it."""
+    from tasks.training import compare
+
+    data = _training_data(shop)
+    data.historical = shop.week(0)
+    settings = Settings(home=tmp_path, scratch_epochs=2, batch_size=256, embedding_dim=16, use_title_text=False, device="cpu")
+    challenger = fit(data, None, settings)
+    evaluation = compare(challenger, None, data, settings)
+    model = Recommender.load(challenger.checkpoint_path)
+    assert float(model.model.memory_weight) > 0  # the shop re-buys: the memory is on
+    size = len(model.items) - 1
+    with model.model.without_memory():
+        towers = evaluate(model, data.historical, data.eval_users, settings.eval_k, size)
+    whole = evaluate(model, data.historical, data.eval_users, settings.eval_k, size)
+    assert float(model.model.memory_weight) > 0  # restored on leaving
+    assert towers.recall != whole.recall
+    assert evaluation.slices["historical"].challenger.recall == towers.recall
+    assert evaluation.slices["newest"].challenger.recall == evaluate(model, data.holdout, data.eval_users, settings.eval_k, size).recall
