@@ -1,19 +1,35 @@
-"""The data contract every source is mapped to (see DESIGN.md, "The data contract")."""
+"""The data contract every source is mapped to (README, "The data contract").
+
+An interaction needs a user, an item and a time; everything else is optional. A source without
+``event_type`` sends purchases; one without ``order_id`` has a basket per user and day; one
+without ``quantity``, ``price`` or ``country`` simply has no rule, feature or drift check that
+reads them. Accepted rows always carry every column (the absent ones null), so every accepted
+file of every source has one schema.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
-INTERACTION_COLUMNS: dict[str, str] = {
+REQUIRED_INTERACTION_COLUMNS: dict[str, str] = {
     "user_id": "string",
     "item_id": "string",
     "event_time": "datetime64[ns, UTC]",
+}
+OPTIONAL_INTERACTION_COLUMNS: dict[str, str] = {
     "quantity": "Int64",
     "price": "Float64",
     "order_id": "string",
     "country": "string",
+    "event_type": "string",
 }
-OPTIONAL_INTERACTION_COLUMNS: dict[str, str] = {"event_type": "string"}
+INTERACTION_COLUMNS: dict[str, str] = {**REQUIRED_INTERACTION_COLUMNS, **OPTIONAL_INTERACTION_COLUMNS}
+
+# What an interaction was. A source's own names are mapped to these (docs/mappings.md); case,
+# spaces and hyphens do not matter ("Add to cart" is add_to_cart). Training weighs each type
+# (settings *_weight) and evaluation scores one (settings.target_event).
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+DEFAULT_EVENT_TYPE = "purchase"  # the type of every row of a source without event_type
 
 CATALOG_COLUMNS: dict[str, str] = {
     "item_id": "string",
@@ -40,3 +56,25 @@ NULL_MARKERS: tuple[str, ...] = ("NULL", "None", "NaN", "NA", "N/A", "#N/A", "<N
 def empty_interactions() -> pd.DataFrame:
     """No rows, the contract's columns and types: what concatenating nothing should give."""
     return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in INTERACTION_COLUMNS.items()})
+
+
+def event_types_of(interactions: pd.DataFrame) -> pd.Series:
+    """Each row's event type; rows of a source without types (or of files accepted before
+    types were kept) are purchases."""
+    if "event_type" not in interactions.columns:
+        return pd.Series(DEFAULT_EVENT_TYPE, index=interactions.index, dtype="string")
+    return interactions["event_type"].astype("string").fillna(DEFAULT_EVENT_TYPE)
+
+
+def with_contract_columns(interactions: pd.DataFrame) -> pd.DataFrame:
+    """``interactions`` with every contract column, an absent one null (event_type: purchase),
+    so frames accepted before a column was optional read like those accepted after."""
+    missing = {c: pd.Series(pd.NA, index=interactions.index, dtype=t) for c, t in OPTIONAL_INTERACTION_COLUMNS.items() if c not in interactions.columns}
+    if "event_type" in missing:
+        missing["event_type"] = event_types_of(interactions)
+    return interactions.assign(**missing) if missing else interactions
+
+
+def of_type(interactions: pd.DataFrame, event_type: str) -> pd.DataFrame:
+    """The rows of one event type."""
+    return interactions[(event_types_of(interactions) == event_type).to_numpy()]

@@ -15,7 +15,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from data_checks.contract import INTERACTION_COLUMNS, NULL_MARKERS, OPTIONAL_INTERACTION_COLUMNS, empty_interactions
+from data_checks.contract import (
+    DEFAULT_EVENT_TYPE,
+    EVENT_TYPES,
+    INTERACTION_COLUMNS,
+    NULL_MARKERS,
+    REQUIRED_INTERACTION_COLUMNS,
+    empty_interactions,
+    event_types_of,
+    with_contract_columns,
+)
 from data_checks.rules import (
     RowRule,
     RuleChecks,
@@ -59,18 +68,44 @@ class ContractLimits:
     non_product_item_pattern: str
 
 
-def row_rules(limits: ContractLimits) -> list[RowRule]:
-    """The row-level contract of interactions, in the order reasons are listed."""
-    return [
+# The columns a rule reads besides the ids and the time every source has: where the source sends
+# none of them the rule is not applicable, and the validation report lists it so.
+RULE_NEEDS: dict[str, tuple[str, ...]] = {
+    "order_id_present": ("order_id",),
+    "country_present": ("country",),
+    "event_type_known": ("event_type",),
+    "quantity_present": ("quantity",),
+    "price_present": ("price",),
+    "quantity_not_zero": ("quantity",),
+    "price_not_negative": ("price",),
+    "price_plausible": ("price",),
+    "order_single_user": ("order_id",),
+    "cancellation": ("quantity",),
+    "write_off": ("quantity", "price"),
+    "zero_price": ("quantity", "price"),
+    "quantity_outlier": ("quantity",),
+}
+PURCHASE_ROWS = "_purchase == 1"  # a sale's quantity, price and order are required of purchases only
+
+
+def row_rules(limits: ContractLimits, columns: tuple[str, ...] | None = None) -> list[RowRule]:
+    """The row-level contract of interactions, in the order reasons are listed: all of it, or
+    the rules that apply to a source sending ``columns``."""
+    present = set(INTERACTION_COLUMNS if columns is None else columns)
+    typed = "event_type" in present  # without types every row is a purchase: no condition needed
+    sale = PURCHASE_ROWS if typed else None
+    rules = [
         not_null("item_id_present", "item_id", "error", "no item id"),
-        not_null("order_id_present", "order_id", "error", "no order id"),
+        not_null("order_id_present", "order_id", "error", "no order id (on a purchase)", row_condition=sale),
         not_null("country_present", "country", "error", "no country"),
+        not_null("event_type_known", "_event_type_known", "error",
+                 f"no event type, or one outside the contract's ({', '.join(EVENT_TYPES)}): map the source's names"),
         between("text_encoding", "_undecodable", "error", "bytes that are not valid in the file's encoding (shown as U+FFFD)",
                 max_value=0),
         not_null("event_time_present", "event_time", "error", "no event time, or one that does not parse"),
         not_null("quantity_present", "quantity", "error",
-                 "no quantity, or not a whole number (a fraction, infinite, or 2**53 or more in magnitude)"),
-        not_null("price_present", "price", "error", "no price, or not a number (NaN included)"),
+                 "no quantity, or not a whole number (a fraction, infinite, or 2**53 or more in magnitude)", row_condition=sale),
+        not_null("price_present", "price", "error", "no price, or not a number (NaN included)", row_condition=sale),
         between("event_time_in_window", "event_time", "error", "dated in the future or before the data's epoch",
                 min_value=limits.earliest, max_value=limits.now),
         not_in_set("quantity_not_zero", "quantity", "error", "a quantity of zero", [0]),
@@ -81,8 +116,10 @@ def row_rules(limits: ContractLimits) -> list[RowRule]:
         between("order_single_user", "_order_users", "error", "an order whose lines name different users",
                 max_value=1),
         not_null("anonymous_user", "user_id", "policy", "no customer id (guest checkout): cannot personalise"),
-        between("cancellation", "quantity", "policy", "a negative quantity at a positive price: cancelled or returned",
-                min_value=0, row_condition="price > 0"),
+        between("cancellation", "quantity", "policy",
+                "a negative quantity at a positive price: cancelled or returned" if "price" in present
+                else "a negative quantity: cancelled or returned",
+                min_value=0, row_condition="price > 0" if "price" in present else None),
         between("write_off", "quantity", "policy", "a negative quantity at price zero: stock written off",
                 min_value=0, row_condition="price == 0"),
         not_in_set("zero_price", "price", "policy", "sold at price zero: a free item or sample",
@@ -94,6 +131,17 @@ def row_rules(limits: ContractLimits) -> list[RowRule]:
         between("exact_duplicate", "_repeat", "policy", "an exact copy of an earlier row of the batch (the first is kept)",
                 max_value=0),
     ]
+    return [rule for rule in rules if present.issuperset(RULE_NEEDS.get(rule.name, ()))]
+
+
+def not_applicable(columns: tuple[str, ...]) -> list[str]:
+    """The rules a source sending ``columns`` has no column for."""
+    return [name for name, needs in RULE_NEEDS.items() if not set(columns).issuperset(needs)]
+
+
+def contract_columns(raw: pd.DataFrame) -> tuple[str, ...]:
+    """The contract columns a batch sends."""
+    return tuple(column for column in INTERACTION_COLUMNS if column in raw.columns)
 
 
 def coerce(raw: pd.DataFrame) -> pd.DataFrame:
@@ -114,6 +162,8 @@ def coerce(raw: pd.DataFrame) -> pd.DataFrame:
     text = {column: distinct_values(raw[column]) for column in raw.columns}
 
     def per_row(column: str, parse: Callable[[pd.Series], pd.Series]) -> pd.Series:
+        if column not in text:  # an optional column the source does not send
+            return pd.Series(pd.NA, index=raw.index, dtype=INTERACTION_COLUMNS[column])
         codes, values = text[column]
         return spread(parse(values), codes, raw.index)
 
@@ -124,10 +174,16 @@ def coerce(raw: pd.DataFrame) -> pd.DataFrame:
     typed["quantity"] = per_row("quantity", _counts)
     typed["price"] = per_row("price", lambda values: pd.to_numeric(values, errors="coerce").astype("float64").astype("Float64"))
     if "event_type" in raw.columns:
-        typed["event_type"] = raw["event_type"].astype("string")
+        typed["event_type"] = per_row("event_type", _event_types)
+        typed["_event_type_known"] = typed["event_type"].where(typed["event_type"].isin(EVENT_TYPES))
+    else:
+        typed["event_type"] = pd.Series(DEFAULT_EVENT_TYPE, index=raw.index, dtype="string")
+    typed["_purchase"] = (typed["event_type"] == "purchase").fillna(False).astype("int64")
     # The order's size as it arrived, kept with accepted rows: quarantining some lines must not
-    # make the accepted baskets look smaller (drift monitors basket size).
-    typed["order_lines"] = typed.groupby("order_id", dropna=False)["order_id"].transform("size").astype("int64")
+    # make the accepted baskets look smaller (drift monitors basket size). Rows without an order
+    # have none.
+    lines = typed.groupby("order_id", dropna=True)["order_id"].transform("size")
+    typed["order_lines"] = lines.reindex(typed.index).astype("Int64")
     # Helpers: how many users an order names, how many text values of the row hold a byte the
     # file's encoding could not decode, and the nth repeat of an identical raw row.
     typed["_order_users"] = typed.groupby("order_id", dropna=True)["user_id"].transform("nunique").fillna(0).astype("int64")
@@ -158,6 +214,13 @@ def spread(per_value: pd.Series, codes: np.ndarray, index: pd.Index) -> pd.Serie
 def _ids(values: pd.Series) -> pd.Series:
     stripped = values.str.strip().astype("string")
     return stripped.mask((stripped == "") | stripped.str.casefold().isin(_NULL_MARKER_KEYS))
+
+
+def _event_types(values: pd.Series) -> pd.Series:
+    """Event types compared without case, surrounding spaces, or the difference between a
+    space, a hyphen and an underscore ("Add to cart" is add_to_cart); empty is missing."""
+    words = values.str.strip().str.casefold().str.replace(r"[\s_-]+", "_", regex=True).astype("string")
+    return words.mask(words == "")
 
 
 def _counts(values: pd.Series) -> pd.Series:
@@ -210,7 +273,7 @@ class PartitionChecks:
 
 def parse_counts(raw: pd.DataFrame, typed: pd.DataFrame) -> dict[str, ParseCount]:
     counts = {}
-    for column in (*NUMERIC_COLUMNS, "event_time"):
+    for column in (c for c in (*NUMERIC_COLUMNS, "event_time") if c in raw.columns):
         present = raw[column].notna() & (raw[column].str.strip() != "")
         failed = present & typed[column].isna()
         counts[column] = ParseCount(int(present.sum()), int(failed.sum()), raw.loc[failed, column].iloc[0] if failed.any() else None)
@@ -238,7 +301,10 @@ def partition_by_order(raw: pd.DataFrame, partitions: int) -> list[pd.DataFrame]
     """
     if partitions <= 1 or len(raw) == 0:
         return [raw]
-    keys = raw["order_id"].fillna("").str.strip()
+    # A row without an order (a view, or a source without orders) goes by its user: identical
+    # rows stay together, and no cross-row rule reads across users.
+    users = "\x00" + raw["user_id"].fillna("").str.strip()
+    keys = raw["order_id"].str.strip().fillna(users) if "order_id" in raw.columns else users
     part = pd.util.hash_pandas_object(keys, index=False).to_numpy() % partitions
     return [raw[part == p] for p in range(partitions) if (part == p).any()]
 
@@ -246,7 +312,8 @@ def partition_by_order(raw: pd.DataFrame, partitions: int) -> list[pd.DataFrame]
 def check_partition(raw: pd.DataFrame, limits: ContractLimits) -> PartitionChecks:
     """The row-level work on one partition: types, the rules as masks and as a GE suite."""
     typed = coerce(raw)
-    return PartitionChecks(typed, check_rules(typed, row_rules(limits), "interactions"), parse_counts(raw, typed))
+    rules = row_rules(limits, contract_columns(raw))
+    return PartitionChecks(typed, check_rules(typed, rules, "interactions"), parse_counts(raw, typed))
 
 
 CheckPartitions = Callable[[list[pd.DataFrame], ContractLimits], list[PartitionChecks]]
@@ -261,15 +328,22 @@ def check_here(parts: list[pd.DataFrame], limits: ContractLimits) -> list[Partit
 # accepted the same row, or 0 (tasks/ingest.py looks them up in the fingerprints kept beside
 # the accepted files of the batches in the window).
 EarlierBatches = Callable[[pd.DataFrame], pd.Series]
-FINGERPRINT_COLUMNS = ("user_id", "item_id", "event_time", "quantity", "price", "order_id", "country", "event_type")
+FINGERPRINT_COLUMNS = ("user_id", "item_id", "event_time", "quantity", "price", "order_id", "country")
 
 
 def row_fingerprints(typed: pd.DataFrame) -> pd.Series:
     """A 64-bit fingerprint of each row's contract values (as typed, so the same row written as
-    CSV or Parquet, or with another time format, has the same one), as int64."""
-    columns = [c for c in FINGERPRINT_COLUMNS if c in typed.columns]
-    hashed = pd.util.hash_pandas_object(typed[columns], index=False)
-    return pd.Series(hashed.to_numpy().view(np.int64), index=typed.index)
+    CSV or Parquet, or with another time format, has the same one), as int64. A purchase
+    fingerprints the same with or without an event_type column; another type mixes its name in,
+    so a view and a purchase of the same item at the same time are two rows."""
+    typed = with_contract_columns(typed)
+    hashed = pd.util.hash_pandas_object(typed[list(FINGERPRINT_COLUMNS)], index=False).to_numpy()
+    other = (event_types_of(typed) != DEFAULT_EVENT_TYPE).to_numpy()
+    if other.any():
+        kinds = pd.util.hash_pandas_object(typed.loc[other, ["event_type"]], index=False).to_numpy()
+        hashed = hashed.copy()
+        hashed[other] = pd.util.hash_array(hashed[other] ^ kinds)
+    return pd.Series(hashed.view(np.int64), index=typed.index)
 
 
 def earlier_batch_rule() -> RowRule:
@@ -294,9 +368,7 @@ def validate_interactions(
     task runner: a Dask cluster); the split is the same as with one partition. With ``earlier``,
     rows an earlier batch accepted already are quarantined as `duplicate_of_earlier_batch`.
     """
-    reasons, ge_result = schema_problems(
-        raw, list(INTERACTION_COLUMNS), [*INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS], "interactions"
-    )
+    reasons, ge_result = schema_problems(raw, list(REQUIRED_INTERACTION_COLUMNS), list(INTERACTION_COLUMNS), "interactions")
     if reasons:
         return rejected(raw, reasons, empty_interactions(), ge_result=ge_result)
     raw = raw.reset_index(drop=True)  # the partitions' rows go back in this order
@@ -313,9 +385,11 @@ def validate_interactions(
     if wrong_types:
         return rejected(raw, wrong_types, empty_interactions())
     typed = pd.concat([p.typed for p in parts]).sort_index() if len(parts) > 1 else parts[0].typed
-    checks, rules = RuleChecks.merge([p.checks for p in parts]), row_rules(limits)
+    checks, rules = RuleChecks.merge([p.checks for p in parts]), row_rules(limits, contract_columns(raw))
     if earlier is not None:
         # Across batches, so after the partitions (which see one batch each), on the whole batch.
         seen = pd.DataFrame({"_earlier_batch": earlier(typed).astype("int64")}, index=typed.index)
         checks, rules = checks.join(check_rules(seen, [earlier_batch_rule()], "interactions-history")), [*rules, earlier_batch_rule()]
-    return split_rows(raw, typed, checks, rules, max_bad_row_share, empty_interactions())
+    result = split_rows(raw, typed, checks, rules, max_bad_row_share, empty_interactions())
+    result.not_applicable = not_applicable(contract_columns(raw))
+    return result

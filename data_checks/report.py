@@ -39,4 +39,7 @@ def markdown_summary(file_name: str, result: ValidationResult, notes: list[str])
         ]
         lines += ["", "Errors count towards the share that rejects a batch; policy rows are known kinds of "
                   "rows kept out of training. Both are in the quarantine file with the rule names."]
+    if result.not_applicable:
+        lines += ["", "Not applicable (the source does not send the columns they read): "
+                  + ", ".join(md_text(name) for name in result.not_applicable) + "."]
     return "\n".join(lines) + "\n"

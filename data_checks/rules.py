@@ -43,11 +43,13 @@ def _where(condition: str | None, frame: pd.DataFrame) -> pd.Series:
     return frame.eval(condition).fillna(False).astype(bool)
 
 
-def not_null(name: str, column: str, level: Level, description: str) -> RowRule:
+def not_null(name: str, column: str, level: Level, description: str, row_condition: str | None = None) -> RowRule:
+    """Missing values, only among rows where ``row_condition``."""
+    conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
     return RowRule(
         name, level, description,
-        gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"rule": name}),
-        lambda df: df[column].isna(),
+        gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"rule": name}, **conditional),
+        lambda df: df[column].isna() & _where(row_condition, df),
     )
 
 
@@ -119,6 +121,7 @@ class ValidationResult:
     batch_reasons: list[str] = field(default_factory=list)
     rule_counts: list[RuleCount] = field(default_factory=list)
     ge_result: dict | None = None  # GE's own result, as JSON
+    not_applicable: list[str] = field(default_factory=list)  # rules whose columns the source does not send
 
     @property
     def rows_accepted(self) -> int:

@@ -117,7 +117,7 @@ def test_an_order_with_two_users_is_an_error():
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda df: df.drop(columns=["country"]), "missing required columns: country"),
+        (lambda df: df.drop(columns=["user_id"]), "missing required columns: user_id"),
         (lambda df: df.assign(coupon="X1"), "unexpected columns: coupon"),
         (lambda df: df.rename(columns={"item_id": "sku"}), "missing required columns: item_id"),
         (lambda df: df.assign(price="£1.25"), "column price is not numeric: 10 of 10 values do not parse (e.g. '£1.25')"),
