@@ -157,3 +157,73 @@ def test_a_spoiled_synthetic_week_balances_and_ge_agrees(share):
     assert result.rows_accepted + result.rows_quarantined == len(raw)
     assert result.ge_unexpected == result.rule_failures
     assert not result.ge_result["success"]
+
+
+def event_stream(n: int = 40) -> pd.DataFrame:
+    """A click log: users, items, times and event types; no quantity, price, order or country."""
+    types = ["view", "View ", "add to cart", "Add-To-Cart", "purchase"]
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{i % 7}" for i in range(n)],
+            "item_id": [f"i{i % 5}" for i in range(n)],
+            "event_time": (pd.Timestamp("2026-01-05T10:00:00Z") + pd.to_timedelta(range(n), unit="min")).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "event_type": [types[i % len(types)] for i in range(n)],
+        }
+    ).astype("string")
+
+
+def test_an_event_stream_without_sale_columns_is_accepted_with_its_rules_not_applicable():
+    result = validate_interactions(event_stream(), 0.2, LIMITS)
+    assert result.status == "accepted" and result.rows_accepted == 40
+    assert result.ge_unexpected == result.rule_failures
+    # The vocabulary's own names, whatever case, spaces or hyphens the source wrote.
+    assert result.accepted["event_type"].value_counts().to_dict() == {"view": 16, "add_to_cart": 16, "purchase": 8}
+    # Every contract column is there; the ones the source does not send are null.
+    assert result.accepted[["quantity", "price", "order_id", "country", "order_lines"]].isna().all().all()
+    assert set(result.not_applicable) == {
+        "order_id_present", "country_present", "quantity_present", "price_present", "quantity_not_zero", "price_not_negative",
+        "price_plausible", "order_single_user", "cancellation", "write_off", "zero_price", "quantity_outlier",
+    }
+    assert not {"order_id_present", "price_present", "country_present"} & set(result.rule_failures)
+
+
+def test_a_source_without_event_types_sends_purchases_and_every_rule_applies():
+    result = validate_interactions(good_rows(), 0.2, LIMITS)
+    assert result.accepted["event_type"].tolist() == ["purchase"] * 6
+    assert result.not_applicable == ["event_type_known"]
+
+
+@pytest.mark.parametrize("value", ["wishlist", "purchased", "", "NULL"])
+def test_an_event_type_outside_the_vocabulary_is_an_error(value):
+    raw = event_stream()
+    raw.loc[3, "event_type"] = value if value else pd.NA
+    result = validate_interactions(raw, 0.2, LIMITS)
+    assert result.quarantined[REASON_COLUMN].tolist() == ["event_type_known"]
+    assert result.rows_accepted == 39
+
+
+def test_a_sale_needs_its_price_quantity_and_order_but_a_view_does_not():
+    raw = good_rows(4).assign(event_type=["view", "view", "purchase", "purchase"])
+    raw.loc[[0, 2], ["price", "quantity", "order_id"]] = pd.NA
+    result = validate_interactions(raw, 0.5, LIMITS)
+    assert result.quarantined[REASON_COLUMN].tolist() == ["order_id_present;quantity_present;price_present"]
+    assert result.quarantined["user_id"].tolist() == ["u2"]
+    assert result.accepted["user_id"].tolist() == ["u0", "u1", "u3"]
+
+
+def test_without_a_price_a_negative_quantity_is_still_a_cancellation():
+    raw = good_rows(6).drop(columns=["price"])
+    raw.loc[2, "quantity"] = "-3"
+    result = validate_interactions(raw, 0.2, LIMITS)
+    assert result.quarantined[REASON_COLUMN].tolist() == ["cancellation"]
+    assert "write_off" in result.not_applicable and "cancellation" not in result.not_applicable
+
+
+def test_a_purchase_is_the_same_row_with_or_without_its_type_and_a_view_is_another():
+    from data_checks.interactions import coerce, row_fingerprints
+
+    untyped = coerce(good_rows(3))
+    typed = coerce(good_rows(3).assign(event_type="purchase"))
+    viewed = coerce(good_rows(3).assign(event_type="view"))
+    assert row_fingerprints(untyped).tolist() == row_fingerprints(typed).tolist()
+    assert not set(row_fingerprints(viewed)) & set(row_fingerprints(typed))

@@ -113,3 +113,16 @@ def test_the_flow_on_a_local_dask_cluster_gives_the_same_split(settings, prefect
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="check-partition")))
     assert len(runs) == 6 and all(run.state.is_completed() for run in runs)
+
+
+def test_an_event_stream_without_orders_splits_the_same_in_partitions():
+    from tests.data.test_interactions_suite import event_stream
+
+    raw = pd.concat([event_stream(200), event_stream(200).iloc[:20]], ignore_index=True)  # exact repeats
+    raw.loc[30, "event_type"] = "wishlist"
+    whole = validate_interactions(raw, 0.2, LIMITS)
+    parts = validate_interactions(raw, 0.2, LIMITS, partitions=4)
+    assert whole.rule_failures == parts.rule_failures and whole.rule_failures["exact_duplicate"] == 20
+    pd.testing.assert_frame_equal(whole.accepted, parts.accepted)
+    pd.testing.assert_frame_equal(whole.quarantined, parts.quarantined)
+    assert len(partition_by_order(raw, 4)) > 1  # rows without an order are spread by user
