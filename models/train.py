@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from data_checks.contract import DEFAULT_EVENT_TYPE, EVENT_TYPES, event_types_of, of_type
 from models.files import temporary_beside
 from models.two_tower import ModelArgs, TwoTower, sampled_softmax_loss
 from models.vocab import Vocabulary
@@ -51,6 +52,22 @@ class TrainConfig:
     neighbour_share: float = 1.0
     popularity_share: float = 0.1
     popularity_half_life_days: float = 30.0
+    # What each event type counts for in the loss, the basket memory and the popularity (a
+    # purchase counts 1); a type missing here counts 0.
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    target_event: str = DEFAULT_EVENT_TYPE  # the event the model is scored on; "consumed" means had it
+    recommend_consumed: bool = True  # False: an item the user consumed is never recommended to them
+
+
+DEFAULT_EVENT_WEIGHTS = {"view": 0.1, "click": 0.2, "add_to_cart": 0.5, "purchase": 1.0}
+
+
+def event_weights(interactions: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
+    """Each row's weight by its event type (a row without a type is a purchase)."""
+    unknown = set(weights) - set(EVENT_TYPES)
+    if unknown:
+        raise ValueError(f"event weights name types outside the contract's {EVENT_TYPES}: {sorted(unknown)}")
+    return event_types_of(interactions).map(weights).fillna(0.0).to_numpy(dtype="float64")
 
 
 @dataclass
@@ -110,7 +127,7 @@ class Recommender:
         model = TwoTower(ModelArgs(**state["model_args"]))
         missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
         unexpected = [key for key in unexpected if key not in LEGACY_REPEAT_KEYS]
-        if unexpected or set(missing) - TEXT_KEYS - MEMORY_KEYS:
+        if unexpected or set(missing) - TEXT_KEYS - MEMORY_KEYS - CONSUMED_KEYS:
             raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
         if set(missing) & MEMORY_KEYS:
             logger.warning("%s was written before the basket memory: its memory starts empty (the towers score alone) and fills with the baskets of its next updates", path)
@@ -141,6 +158,7 @@ class Recommender:
 
 
 TEXT_KEYS = {"text_projection.weight", "item_text"}
+CONSUMED_KEYS = {"consumed_indptr", "consumed_items"}  # older models kept no consumed items
 MEMORY_KEYS = {"memory_items", "memory_sums", "memory_baskets", "item_recent", "memory_weight"}
 LEGACY_REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}  # the purchase counts of older models
 # Memory weights tried after training, on the held-out slice (the towers' cosine has weight 1);
@@ -212,6 +230,7 @@ def prepare(
         model.memory_sums[: len(base_users)] = start.model.memory_sums
         model.memory_baskets[: len(base_users)] = start.model.memory_baskets
         model.item_recent[: len(base_items)] = start.model.item_recent
+    model.args.exclude_consumed = not config.recommend_consumed  # scoring follows the config
     with torch.no_grad():
         model.item_category.copy_(_item_categories(items, categories, catalog))
         model.item_log_price.copy_(_item_log_prices(items, catalog, interactions))
@@ -219,9 +238,11 @@ def prepare(
         if start is not None and start.history_until is not None:
             fresh = interactions[interactions["event_time"] > start.history_until]
         model.user_history.copy_(_merge_histories(history, users, items, fresh))
+        weights = event_weights(fresh, config.event_weights)
         if model.args.repeat_slots:
-            _fold_baskets(model, users, items, fresh)
-            _fold_popularity(model, items, fresh, start.history_until if start else None)
+            _fold_baskets(model, users, items, fresh, weights)
+            _fold_popularity(model, items, fresh, start.history_until if start else None, weights)
+        _fold_consumed(model, users, items, of_type(fresh, config.target_event))
         if title_vectors is not None and len(title_vectors):
             rows = items.encode(title_vectors.index)
             model.item_text[rows[rows >= 0]] = torch.as_tensor(title_vectors.to_numpy()[rows >= 0], dtype=torch.float32)
@@ -306,6 +327,9 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
     items = torch.as_tensor(recommender.items.encode(interactions["item_id"]), device=device)
     if (users < 0).any() or (items < 0).any():
         raise ValueError("training rows name users or items the model was not prepared for (see prepare)")
+    row_weights = event_weights(interactions, config.event_weights)
+    # Every row counting 1 (purchases only) is the plain mean: no weights to multiply.
+    weights = None if (row_weights == 1.0).all() else torch.as_tensor(row_weights, dtype=torch.float32, device=device)
     counts = torch.bincount(items, minlength=len(recommender.items)).float() + 1.0
     log_q = torch.log(counts / counts.sum())
 
@@ -318,10 +342,10 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
     forward = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def loss_step(batch_users: torch.Tensor, batch_items: torch.Tensor, offset: int) -> torch.Tensor:
+    def loss_step(batch_users: torch.Tensor, batch_items: torch.Tensor, offset: int, batch_weights: torch.Tensor | None) -> torch.Tensor:
         with autocast:
             user_vec, item_vec = forward(batch_users, batch_items)
-            return sampled_softmax_loss(user_vec, item_vec, batch_items, log_q, config.temperature, offset)
+            return sampled_softmax_loss(user_vec, item_vec, batch_items, log_q, config.temperature, offset, batch_weights)
 
     loss_of = torch.compile(loss_step, dynamic=False) if config.compile else loss_step
     if validate is not None and recommender.best_score is None:
@@ -357,7 +381,7 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
             lr = config.learning_rate * lr_factor(recommender.steps, total_steps, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = loss_of(users[mine], items[batch], rank * share)
+            loss = loss_of(users[mine], items[batch], rank * share, None if weights is None else weights[mine])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -450,7 +474,7 @@ def _item_log_prices(items: Vocabulary, catalog: pd.DataFrame, interactions: pd.
     """Catalog price where there is one, else the median price paid, else the overall median."""
     paid = interactions.groupby("item_id")["price"].median()
     listed = catalog.set_index("item_id")["price"] if "price" in catalog else pd.Series(dtype="float64")
-    price = listed.astype("float64").combine_first(paid.astype("float64"))
+    price = listed.astype("float64").combine_first(paid.astype("float64")).dropna()  # a source may have no prices
     fallback = float(price.median()) if len(price) else 1.0
     values = pd.Series(items.ids, dtype="string").map(price).astype("float64").fillna(fallback).clip(lower=0.01)
     return torch.as_tensor(np.concatenate([[0.0], np.log(values.to_numpy())]), dtype=torch.float32)
@@ -478,37 +502,69 @@ def _merge_histories(
 
 
 def _baskets(interactions: pd.DataFrame) -> pd.Series:
-    """Each row's basket: its order where the source has orders, else the user's day."""
+    """Each row's basket (within its user): its order where it has one, else the user's day
+    (a source without orders, or a view outside any order)."""
+    days = "\x00" + interactions["event_time"].dt.strftime("%Y-%m-%d").astype("string")
     if "order_id" in interactions:
-        return interactions["order_id"].astype("string")
-    return interactions["event_time"].dt.strftime("%Y-%m-%d").astype("string")
+        return interactions["order_id"].astype("string").fillna(days)
+    return days
 
 
-def _fold_baskets(model: TwoTower, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame) -> None:
-    """Fold the interactions' baskets into the basket memory, in place, exactly as if the memory
-    had been built from all baskets at once: a user with n new baskets sees the old sums and
-    basket count decayed by basket_decay ** n, and the k-th new basket (oldest first) added
-    with weight basket_decay ** (n - k). Each user keeps the items with the largest sums (ties:
-    the lower item row, so the memory does not depend on row order)."""
-    if interactions.empty:
-        return
-    decay = model.args.basket_decay
+def _weighted_baskets(users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame, weights: np.ndarray) -> pd.DataFrame:
+    """One row per (user, basket, item) with an event weight above 0, weighing what its
+    strongest event counts for (an item viewed and bought in one basket counts as bought)."""
     rows = pd.DataFrame(
         {
             "user": users.encode(interactions["user_id"]),
             "item": items.encode(interactions["item_id"]),
             "basket": _baskets(interactions).to_numpy(),
             "time": interactions["event_time"].to_numpy(),
+            "event": weights,
         }
-    ).drop_duplicates(["user", "basket", "item"])
-    baskets = rows.groupby(["user", "basket"], as_index=False)["time"].min()
+    )
+    rows = rows[rows["event"] > 0]
+    return rows.groupby(["user", "basket", "item"], as_index=False, sort=False).agg(time=("time", "min"), event=("event", "max"))
+
+
+def _fold_consumed(model: TwoTower, users: Vocabulary, items: Vocabulary, consumed: pd.DataFrame) -> None:
+    """Add the (user, item) pairs of ``consumed`` to the model's consumed items, in place."""
+    if consumed.empty:
+        return
+    old_users, old_items = model.consumed_pairs(torch.arange(model.args.n_users))
+    new_users = torch.as_tensor(users.encode(consumed["user_id"]), dtype=torch.long)
+    new_items = torch.as_tensor(items.encode(consumed["item_id"]), dtype=torch.long)
+    model.set_consumed(torch.cat([old_users, new_users]), torch.cat([old_items, new_items]))
+
+
+def _fold_baskets(
+    model: TwoTower, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame, weights: np.ndarray | None = None
+) -> None:
+    """Fold the interactions' baskets into the basket memory, in place, exactly as if the memory
+    had been built from all baskets at once: a user with n new baskets sees the old sums and
+    basket count decayed by basket_decay ** n, and the k-th new basket (oldest first) added
+    with weight basket_decay ** (n - k). Each user keeps the items with the largest sums (ties:
+    the lower item row, so the memory does not depend on row order).
+
+    With event ``weights`` (one per row), an item counts in a basket what its strongest event
+    counts for, and the basket what its strongest item does: a basket of views adds a tenth of
+    a basket of purchases to the user's count. Rows of weight 0 are left out."""
+    if interactions.empty:
+        return
+    decay = model.args.basket_decay
+    weights = np.ones(len(interactions)) if weights is None else weights
+    rows = _weighted_baskets(users, items, interactions, weights)
+    if rows.empty:
+        return
+    baskets = rows.groupby(["user", "basket"], as_index=False).agg(time=("time", "min"), event=("event", "max"))
     baskets = baskets.sort_values(["user", "time", "basket"], kind="stable")
     position = baskets.groupby("user").cumcount().to_numpy()
     count = baskets.groupby("user")["basket"].transform("size").to_numpy()
     baskets["weight"] = decay ** (count - 1 - position).astype("float64")
     new = rows.merge(baskets[["user", "basket", "weight"]], on=["user", "basket"])
-    new = new.groupby(["user", "item"], as_index=False)["weight"].sum().rename(columns={"weight": "sum"})
-    per_user = baskets.groupby("user").agg(n=("weight", "size"), added=("weight", "sum"))
+    new["sum"] = new["weight"] * new["event"]
+    new = new.groupby(["user", "item"], as_index=False)["sum"].sum()
+    baskets["added"] = baskets["weight"] * baskets["event"]
+    per_user = baskets.groupby("user").agg(n=("weight", "size"), added=("added", "sum"))
     touched = torch.as_tensor(per_user.index.to_numpy())
     shrink = torch.as_tensor(decay ** per_user["n"].to_numpy().astype("float64"), dtype=torch.float32)
     old_items, old_sums = model.memory_items[touched], model.memory_sums[touched] * shrink.unsqueeze(1)
@@ -532,17 +588,23 @@ def _fold_baskets(model: TwoTower, users: Vocabulary, items: Vocabulary, interac
     model.memory_sums[where] = torch.as_tensor(merged["sum"].to_numpy(), dtype=torch.float32)
 
 
-def _fold_popularity(model: TwoTower, items: Vocabulary, interactions: pd.DataFrame, until: pd.Timestamp | None) -> None:
-    """Fold the interactions' purchases (one per item and basket) into each item's decayed
-    purchases, in place: everything is decayed to the newest event, with the half-life
-    popularity_half_life_days."""
+def _fold_popularity(
+    model: TwoTower, items: Vocabulary, interactions: pd.DataFrame, until: pd.Timestamp | None, weights: np.ndarray | None = None
+) -> None:
+    """Fold the interactions' purchases (one per item and basket, weighted by its strongest
+    event) into each item's decayed purchases, in place: everything is decayed to the newest
+    event, with the half-life popularity_half_life_days."""
     if interactions.empty:
         return
-    rows = interactions.assign(basket=_baskets(interactions)).drop_duplicates(["user_id", "basket", "item_id"])
-    newest = rows["event_time"].max() if until is None else max(rows["event_time"].max(), until)
+    weights = np.ones(len(interactions)) if weights is None else weights
+    users = Vocabulary(list(interactions["user_id"].astype("string").unique()))
+    rows = _weighted_baskets(users, items, interactions, weights)
+    if rows.empty:
+        return
+    times = pd.to_datetime(rows["time"], utc=True)
+    newest = times.max() if until is None else max(times.max(), until)
     half_life = pd.Timedelta(days=model.args.popularity_half_life_days)
     if until is not None:
         model.item_recent *= 0.5 ** ((newest - until) / half_life)
-    weights = 0.5 ** ((newest - rows["event_time"]) / half_life).to_numpy(dtype="float64")
-    rows_of = items.encode(rows["item_id"])
-    model.item_recent += torch.as_tensor(np.bincount(rows_of, weights=weights, minlength=len(items)), dtype=torch.float32)
+    decayed = 0.5 ** ((newest - times) / half_life).to_numpy(dtype="float64") * rows["event"].to_numpy()
+    model.item_recent += torch.as_tensor(np.bincount(rows["item"].to_numpy(), weights=decayed, minlength=len(items)), dtype=torch.float32)

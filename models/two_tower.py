@@ -42,6 +42,8 @@ class ModelArgs:
     neighbour_share: float = 1.0  # weight of the neighbours' mean against the user's own memory
     popularity_share: float = 0.1  # weight of recent popularity against the user's own memory
     popularity_half_life_days: float = 30.0  # half-life of a purchase in the recent popularity
+    exclude_consumed: bool = False  # never recommend an item the user already consumed
+    n_consumed: int = 0  # (user, item) pairs consumed: the length of consumed_items
 
 
 MEMO_ELEMENTS = 2**26  # what memoized_memory keeps at most: 256 MB of float32 scores
@@ -68,6 +70,10 @@ class TwoTower(nn.Module):
         self.register_buffer("memory_baskets", torch.zeros(args.n_users))
         self.register_buffer("item_recent", torch.zeros(args.n_items))
         self.register_buffer("memory_weight", torch.zeros(()))
+        # Items each user consumed (had the target event with), as compressed rows: user u's
+        # are consumed_items[consumed_indptr[u]:consumed_indptr[u + 1]], sorted.
+        self.register_buffer("consumed_indptr", torch.zeros(args.n_users + 1, dtype=torch.long))
+        self.register_buffer("consumed_items", torch.zeros(args.n_consumed, dtype=torch.int32))
         self._memory_cache: tuple | None = None
         self._memo: dict | None = None  # memory scores kept while ``memoized_memory`` is open
         for table in (self.user_embedding, self.item_embedding, self.category_embedding):
@@ -122,8 +128,27 @@ class TwoTower(nn.Module):
         scores = user_vec @ item_vec.T
         if self.args.repeat_slots and float(self.memory_weight) != 0.0:
             scores += self.memory_scores(users).to(scores.dtype) * self.memory_weight
+        if self.args.exclude_consumed:
+            rows, items = self.consumed_pairs(users)
+            scores[rows, items] = float("-inf")
         scores[:, 0] = float("-inf")
         return scores
+
+    def consumed_pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position in ``users``, item row) of every item the users consumed."""
+        starts, ends = self.consumed_indptr[users], self.consumed_indptr[users + 1]
+        counts = ends - starts
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        return rows, self.consumed_items[torch.repeat_interleave(starts, counts) + offsets].long()
+
+    def set_consumed(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Replace the consumed pairs by these (user row, item row) pairs (duplicates kept once)."""
+        pairs = torch.unique(users.long() * self.args.n_items + items.long())  # sorted by user, then item
+        by_user = torch.bincount(pairs // self.args.n_items, minlength=self.args.n_users)
+        self.consumed_indptr = torch.cat([by_user.new_zeros(1), by_user.cumsum(0)]).to(self.consumed_indptr.device)
+        self.consumed_items = (pairs % self.args.n_items).to(torch.int32).to(self.consumed_items.device)
+        self.args.n_consumed = len(pairs)
 
     @contextmanager
     def without_memory(self):
@@ -228,6 +253,8 @@ class TwoTower(nn.Module):
             bigger.text_projection.load_state_dict(self.text_projection.state_dict())
             bigger.item_text[: self.args.n_items] = self.item_text
             bigger.memory_weight.copy_(self.memory_weight)
+            rows, items = self.consumed_pairs(torch.arange(self.args.n_users))
+            bigger.set_consumed(rows, items)
         return bigger
 
     def model_args(self) -> dict:
@@ -241,15 +268,20 @@ def sampled_softmax_loss(
     item_log_q: torch.Tensor,
     temperature: float,
     offset: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch softmax: user j's positive is item ``offset + j``; every other item of the batch is
     a negative. Subtracting log q(item) removes the bias towards popular items that in-batch
     negatives bring. ``user_vec`` may be one process's share of a batch whose items are all in
-    ``item_vec`` (data parallel training): ``offset`` places that share."""
+    ``item_vec`` (data parallel training): ``offset`` places that share. ``weights`` (one per
+    user row: what its event type counts for) make the loss their weighted mean."""
     logits = user_vec @ item_vec.T / temperature - item_log_q[items].unsqueeze(0)
     positives = torch.arange(len(user_vec), device=user_vec.device) + offset
     # The same item twice in a batch is not a negative for itself.
     same_item = items.unsqueeze(0) == items[positives].unsqueeze(1)
     not_positive = torch.ones_like(same_item).scatter_(1, positives.unsqueeze(1), False)
     logits = logits.masked_fill(same_item & not_positive, -1e9)
-    return F.cross_entropy(logits.float(), positives)
+    if weights is None:
+        return F.cross_entropy(logits.float(), positives)
+    losses = F.cross_entropy(logits.float(), positives, reduction="none")
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
