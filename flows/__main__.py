@@ -45,6 +45,20 @@ def cmd_import_online_retail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from data_checks.sources.mapping import ConversionError, MappingError, load_mapping, write_landing
+
+    landing = Path(args.landing_dir) if args.landing_dir else _settings().landing_dir
+    try:
+        written = write_landing(load_mapping(Path(args.mapping)), landing, [Path(f) for f in args.files] or None)
+    except (MappingError, ConversionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     from data_checks.markup import plain_text
     from tasks import ledger
@@ -280,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     retail.add_argument("--landing-dir", default=None, help="where to write (default: the settings' landing_dir)")
     retail.add_argument("--period", choices=("month", "week", "day"), default="month", help="one landing file per period")
     retail.set_defaults(func=cmd_import_online_retail)
+
+    conv = sub.add_parser("convert", help="map a shop's export to landing files with a mapping file (docs/mappings.md)")
+    conv.add_argument("mapping", help="the mapping file (.yaml or .toml), e.g. docs/mappings/retailrocket.yaml")
+    conv.add_argument("files", nargs="*", metavar="FILE", help="convert these files instead of the ones the mapping's glob matches")
+    conv.add_argument("--landing-dir", default=None, help="where to write (default: the settings' landing_dir)")
+    conv.set_defaults(func=cmd_convert)
 
     led = sub.add_parser("ledger", help="print the ledger: every landed file and what became of it")
     led.add_argument("--json", action="store_true", help="one JSON object per file")
