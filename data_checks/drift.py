@@ -5,6 +5,10 @@ so ids are never treated as numbers. The champion's own counts (interactions per
 training data) travel with it, so a shift of popularity and traffic moving to new items show up
 as drift too, and the catalog's categories show what kind of things sell.
 
+Only what the source sends is monitored: price, quantity, country and basket size where the
+batch and the reference hold values of them, and the mix of event types where either holds a
+type other than purchase (a source of purchases alone has one type, which cannot drift).
+
 User activity is reported, not monitored: the share of interactions by users the champion never
 saw. Every period brings first-time customers, so against a reference drawn from the champion's
 own training data (where every user is known) a per-user column would drift every time.
@@ -21,10 +25,13 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
+from data_checks.contract import DEFAULT_EVENT_TYPE, event_types_of, with_contract_columns
 from data_checks.markup import html_text, script_json
 
 NUMERICAL = ["price", "quantity", "hour", "basket_size", "log_popularity_rank"]
-CATEGORICAL = ["weekday", "country", "item_known", "category"]
+CATEGORICAL = ["weekday", "country", "item_known", "category", "event_type"]
+# Features read from a column a source may not send: monitored only where both sides have values.
+OPTIONAL_FEATURES = ("price", "quantity", "basket_size", "country")
 # Evidently 0.7.23 embeds the report's data as two assignments, one line each, in a <script>
 # element of the page (json.dumps writes no line break inside a value).
 EVIDENTLY_DATA = re.compile(r"^    var (metric_[0-9a-f]{32}) = (.*);\n    var additional_graphs_\1 = (.*);$", re.MULTILINE)
@@ -64,6 +71,7 @@ def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.Dat
     ranks = counts.items.rank(ascending=False, method="first")
     rank = interactions["item_id"].map(ranks).astype("float64")
     known = rank.notna()
+    interactions = with_contract_columns(interactions)
     event_time = interactions["event_time"]
     return pd.DataFrame(
         {
@@ -78,16 +86,27 @@ def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.Dat
             "item_known": known.map({True: "known", False: "unseen"}).astype("string"),
             # What kind of things sell: a category falling out of fashion shows here first.
             "category": interactions["item_id"].map(counts.categories).fillna("unknown").astype("string"),
+            "event_type": event_types_of(interactions),
         }
     ).reset_index(drop=True)
 
 
-def for_report(features: pd.DataFrame) -> pd.DataFrame:
+def monitored_columns(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(numerical, categorical) features to monitor: those both sides can speak of."""
+    def has_values(column: str) -> bool:
+        return bool(current[column].notna().any() and reference[column].notna().any())
+
+    typed = bool((current["event_type"] != DEFAULT_EVENT_TYPE).any() or (reference["event_type"] != DEFAULT_EVENT_TYPE).any())
+    keep = [c for c in [*NUMERICAL, *CATEGORICAL] if (c not in OPTIONAL_FEATURES or has_values(c)) and (c != "event_type" or typed)]
+    return [c for c in NUMERICAL if c in keep], [c for c in CATEGORICAL if c in keep]
+
+
+def for_report(features: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
     """The features with every category HTML-escaped, the same way for the reference and the
     batch: a one-to-one renaming, so no drift figure changes. The report's plots read tags in
     their labels (a country "<a href=...>" would be a link) and decode entities, so they show
     each value as written."""
-    return features.assign(**{c: features[c].map(html_text, na_action="ignore").astype("string") for c in CATEGORICAL})
+    return features.assign(**{c: features[c].map(html_text, na_action="ignore").astype("string") for c in categorical})
 
 
 def write_report(snapshot, path: Path) -> Path:
@@ -105,21 +124,25 @@ def write_report(snapshot, path: Path) -> Path:
 
 
 def _basket_sizes(interactions: pd.DataFrame) -> pd.Series:
-    """Lines per order as the order arrived (validation keeps it), else as the rows show it."""
+    """Lines per order as the order arrived (validation keeps it), else as the rows show it;
+    a row without an order has none."""
     if "order_lines" in interactions.columns:
-        return interactions["order_lines"].astype("float64")
-    return interactions.groupby("order_id")["item_id"].transform("size").astype("float64")
+        return interactions["order_lines"].astype("Float64").astype("float64")
+    return interactions.groupby("order_id", dropna=True)["item_id"].transform("size").reindex(interactions.index).astype("float64")
 
 
 def detect_drift(
     current: pd.DataFrame, reference: pd.DataFrame, counts: ChampionCounts, report_path: Path | None
 ) -> DriftResult:
-    """Run Evidently's drift preset and read its result by metric type and column name."""
-    definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
-    current_features = drift_features(current, counts)
+    """Run Evidently's drift preset on the columns both sides can speak of (see
+    `monitored_columns`) and read its result by metric type and column name."""
+    current_features, reference_features = drift_features(current, counts), drift_features(reference, counts)
+    numerical, categorical = monitored_columns(current_features, reference_features)
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    columns = [*numerical, *categorical]
     snapshot = Report([DataDriftPreset()]).run(
-        current_data=Dataset.from_pandas(for_report(current_features), data_definition=definition),
-        reference_data=Dataset.from_pandas(for_report(drift_features(reference, counts)), data_definition=definition),
+        current_data=Dataset.from_pandas(for_report(current_features[columns], categorical), data_definition=definition),
+        reference_data=Dataset.from_pandas(for_report(reference_features[columns], categorical), data_definition=definition),
     )
     columns = []
     for metric in snapshot.dict()["metrics"]:
@@ -141,8 +164,12 @@ def detect_drift(
 
 
 def reference_sample(interactions: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
-    """Whole orders drawn at random until about ``max_rows`` rows, so basket sizes stay true."""
-    orders = interactions["order_id"].drop_duplicates().sample(frac=1.0, random_state=seed)
-    sizes = interactions.groupby("order_id").size().reindex(orders)
+    """Whole orders drawn at random until about ``max_rows`` rows, so basket sizes stay true;
+    a row without an order is drawn with the rest of its user's day."""
+    interactions = with_contract_columns(interactions)
+    days = "\x00" + interactions["user_id"] + "\x00" + interactions["event_time"].dt.strftime("%Y-%m-%d")
+    groups = interactions["order_id"].fillna(days)
+    orders = groups.drop_duplicates().sample(frac=1.0, random_state=seed)
+    sizes = groups.value_counts().reindex(orders)
     keep = sizes.index[sizes.cumsum() <= max_rows]
-    return interactions[interactions["order_id"].isin(keep)].reset_index(drop=True)
+    return interactions[groups.isin(keep).to_numpy()].reset_index(drop=True)

@@ -316,13 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     back.set_defaults(func=cmd_rollback)
 
     bt = sub.add_parser("backtest", help="replay history through every update policy and the peers; write the report")
-    bt.add_argument("--source", choices=("online-retail", "synthetic"), default="online-retail")
+    bt.add_argument("--source", choices=("online-retail", "synthetic", "funnel"), default="online-retail",
+                    help="the UCI file, the synthetic purchase shop, or the funnel shop of views, carts and purchases")
     bt.add_argument("--period", choices=("month", "week"), default="month", help="one batch per period (online-retail)")
     bt.add_argument("--data", default=None, help="the Online Retail file (default: ../shared/data/online_retail.csv.gz)")
     bt.add_argument("--policy", action="append", choices=("never", "retrain", "incremental", "triggered"), help="only these policies (repeatable; default all)")
     bt.add_argument("--no-peers", action="store_true", help="leave the peers out")
     bt.add_argument("--no-als", action="store_true", help="leave ALS out (it needs the dev dependency `implicit`)")
-    bt.add_argument("--weeks", type=int, default=8, help="synthetic weeks, the first two for the bootstrap (default 8)")
+    bt.add_argument("--weeks", type=int, default=8, help="weeks of a generated shop, the first two for the bootstrap (default 8)")
     bt.add_argument("--out", default=None, help="report path (default: <home>/backtest/<source>/report.json; a .png beside it)")
     bt.set_defaults(func=cmd_backtest)
 

@@ -2,6 +2,7 @@
 
     python -m flows backtest --source online-retail --period month
     python -m flows backtest --source synthetic
+    python -m flows backtest --source funnel
 
 Every policy (never update, retrain from scratch every period, incremental every period,
 triggered incremental) and every peer (recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r, ALS) is
@@ -12,6 +13,7 @@ MLflow. See tasks/backtest.py for the protocol.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from data_checks.markup import md_text
+from data_checks.sources import funnel
+from data_checks.sources.mapping import load_mapping, write_landing
 from data_checks.sources.synthetic import ShopConfig, write_weeks
 from flows.settings import Settings
 from tasks import backtest as bt
@@ -61,14 +65,32 @@ def synthetic_periods(work: Path, weeks: int, bootstrap_weeks: int, drift_from_w
     return periods[:bootstrap_weeks], periods[bootstrap_weeks:]
 
 
+def funnel_periods(work: Path, weeks: int, bootstrap_weeks: int, drift_from_week: int | None, shop: funnel.FunnelConfig, seed: int) -> tuple[list[bt.Period], list[bt.Period]]:
+    """The funnel shop's export, landed through its mapping file as a user's own export would be:
+    one interactions file per ISO week, the catalog with the first."""
+    export, source = work / "export", work / "source"
+    for folder in (export, source):  # landing files are immutable: start from none
+        shutil.rmtree(folder, ignore_errors=True)
+    funnel.write_weeks(export, range(weeks), seed=seed, drift_from_week=drift_from_week, config=shop)
+    mapping = load_mapping(export / funnel.MAPPING_PATH.name)
+    written = write_landing(mapping, source)
+    catalog = tuple(p for p in written if p.name.startswith("catalog-"))
+    prefix = f"interactions-{mapping.name}-"
+    weekly = sorted(p for p in written if p.name.startswith(prefix))
+    periods = [bt.Period(p.stem.removeprefix(prefix), (*catalog, p) if i == 0 else (p,)) for i, p in enumerate(weekly)]
+    return periods[:bootstrap_weeks], periods[bootstrap_weeks:]
+
+
 @task(name="prepare-periods", cache_policy=NO_CACHE)
 def prepare_periods(
     source: str, period: str, data_path: str | None, work: Path, weeks: int, bootstrap_weeks: int,
-    drift_from_week: int | None, shop: ShopConfig | None, seed: int,
+    drift_from_week: int | None, shop: ShopConfig | None, seed: int, funnel_shop: funnel.FunnelConfig | None = None,
 ) -> tuple[list[bt.Period], list[bt.Period]]:
     """The source's landing files, written once under ``work``, grouped into periods."""
     if source == "online-retail":
         bootstrap, tests = online_retail_periods(Path(data_path) if data_path else ONLINE_RETAIL, work, period)
+    elif source == "funnel":
+        bootstrap, tests = funnel_periods(work, weeks, bootstrap_weeks, drift_from_week, funnel_shop or funnel.FunnelConfig(), seed)
     else:
         bootstrap, tests = synthetic_periods(work, weeks, bootstrap_weeks, drift_from_week, shop or ShopConfig(), seed)
     get_run_logger().info(
@@ -104,13 +126,13 @@ def run_policy(policy: str, settings: Settings, work: Path, bootstrap: list[bt.P
 
 
 @task(name="run-peers", cache_policy=NO_CACHE)
-def run_peers(accepted, bootstrap, tests, include_als: bool) -> list[bt.Track]:
-    return bt.run_peers(accepted, bootstrap, tests, include_als)
+def run_peers(accepted, bootstrap, tests, include_als: bool, target_event: str) -> list[bt.Track]:
+    return bt.run_peers(accepted, bootstrap, tests, include_als, target_event)
 
 
 @flow(name="backtest")
 def backtest(
-    source: Literal["online-retail", "synthetic"] = "online-retail",
+    source: Literal["online-retail", "synthetic", "funnel"] = "online-retail",
     period: Literal["month", "week"] = "month",
     data_path: str | None = None,
     policies: list[Literal["never", "retrain", "incremental", "triggered"]] | None = None,
@@ -121,30 +143,35 @@ def backtest(
     synthetic_bootstrap_weeks: int = 2,
     synthetic_drift_from_week: int | None = 5,
     synthetic_shop: ShopConfig | None = None,
+    funnel_shop: funnel.FunnelConfig | None = None,
     settings: Settings | None = None,
 ) -> State:
     """Replay ``source`` period by period through every policy, score the peers the same way,
     and write the report to ``out`` (default: <home>/backtest/<source>/report.json).
 
     Args:
-        source: online-retail (the UCI file at data_path) or synthetic (a generated shop).
+        source: online-retail (the UCI file at data_path), synthetic (a generated shop of
+            purchases) or funnel (a generated shop of views, carts and purchases, landed
+            through its mapping file; scored on settings.target_event).
         period: month or week: the unit each policy updates on and is scored on.
         data_path: the UCI Online Retail file (CSV, gzipped or not) when source is online-retail.
         policies: the update policies to replay; empty: all four.
         include_peers: also score recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r and ALS.
         include_als: ALS among the peers (needs the `implicit` package).
         out: where the JSON report (and the plot beside it) is written.
-        synthetic_weeks: weeks of the synthetic shop, bootstrap weeks included.
+        synthetic_weeks: weeks of a generated shop (synthetic or funnel), bootstrap weeks included.
         synthetic_bootstrap_weeks: weeks the first champion trains on.
-        synthetic_drift_from_week: the week the synthetic shop's tastes change; empty: never.
+        synthetic_drift_from_week: the week the generated shop's tastes change; empty: never.
         synthetic_shop: the synthetic shop's size (users, items, orders a week).
+        funnel_shop: the funnel shop's size and funnel (visitors, items, sessions, rates).
         settings: freshrec settings; fields left empty come from the worker's FRESHREC_* environment.
     """
     settings = settings or Settings()
     started = time.perf_counter()
     work = settings.home / "backtest" / source
     bootstrap, tests = prepare_periods(
-        source, period, data_path, work, synthetic_weeks, synthetic_bootstrap_weeks, synthetic_drift_from_week, synthetic_shop, settings.seed
+        source, period, data_path, work, synthetic_weeks, synthetic_bootstrap_weeks, synthetic_drift_from_week, synthetic_shop, settings.seed,
+        funnel_shop,
     )
     tracks, accepted = [], None
     for policy in policies or list(bt.POLICIES):
@@ -152,7 +179,9 @@ def backtest(
         tracks.append(track)
         accepted = accepted or rows
     if include_peers:
-        tracks += run_peers(accepted, bootstrap, tests, include_als)
-    result = bt.report(source, period, bootstrap, tests, tracks, time.perf_counter() - started)
+        tracks += run_peers(accepted, bootstrap, tests, include_als, settings.target_event)
+    result = bt.report(
+        source, period, bootstrap, tests, tracks, time.perf_counter() - started, settings.target_event, settings.event_weights()
+    )
     result = publish_report(result, Path(out) if out else work / "report.json", settings)
     return Completed(message=bt.format_report(result), data=result)

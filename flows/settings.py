@@ -109,8 +109,10 @@ class Settings(BaseSettings):
     duplicate_window_days: int = Field(default=35, ge=0)
     # More bad rows than this share means the producer is broken, not the rows: reject the batch.
     max_bad_row_share: float = Field(default=0.2, ge=0, le=1)
-    # Events dated before this are from a misconfigured clock or a wrong file.
-    earliest_event_time: str = "2000-01-01"
+    # Events dated before this are from a misconfigured clock or a wrong file. 1990 predates
+    # every web shop's history and still refuses a zero Unix time (1970-01-01), the commonest
+    # clock fault.
+    earliest_event_time: str = "1990-01-01"
     # One line above this many units is an outlier (Online Retail's two largest, 80,995 and
     # 74,215, were cancelled minutes later); such lines are kept out of training.
     max_quantity: int = Field(default=10_000, ge=1)
@@ -217,6 +219,15 @@ class Settings(BaseSettings):
     # Weight of recent popularity (the most bought item = 1) and its half-life in days.
     popularity_share: float = Field(default=0.1, ge=0, le=100)
     popularity_half_life_days: float = Field(default=30.0, gt=0, le=10_000)
+    # What each event type counts for in training (the loss, the basket memory and recent
+    # popularity; a purchase counts purchase_weight). 0 leaves a type out of training; its rows
+    # stay accepted. The demo's funnel shop, where views and carts show what a visitor buys
+    # next, is backtested both ways in docs/event-streams.md. A source without event types
+    # sends purchases only, and these do not matter.
+    view_weight: float = Field(default=0.1, ge=0, le=100)
+    click_weight: float = Field(default=0.2, ge=0, le=100)
+    add_to_cart_weight: float = Field(default=0.5, ge=0, le=100)
+    purchase_weight: float = Field(default=1.0, ge=0, le=100)
     # Softmax temperature of the in-batch loss over cosine scores: 0.1 spreads [-1, 1] enough to learn.
     temperature: float = Field(default=0.1, gt=0, le=100)
     # "auto" takes CUDA when present; "cpu" or "cuda" force it.
@@ -229,6 +240,13 @@ class Settings(BaseSettings):
     seed: int = Field(default=0, ge=0, lt=2**32)
 
     # --- evaluation and promotion -------------------------------------------------------------
+    # The event every metric scores: a user's relevant items in a slice are those they had this
+    # event with (purchase: what they bought). Decay, the gate and the backtest all use it.
+    target_event: Literal["view", "click", "add_to_cart", "purchase"] = "purchase"
+    # Whether an item a user already had the target event with may be recommended to them
+    # again: yes where buying again is the norm (groceries, a wholesaler's stock lines), no for
+    # one-off goods or media. Served and evaluated alike.
+    recommend_consumed: bool = True
     # Cut-off of the ranked lists every metric is computed at.
     eval_k: int = Field(default=20, ge=1, le=1000)
     # Newest share of the new data held out (by time) to compare challenger and champion.
@@ -281,6 +299,16 @@ class Settings(BaseSettings):
         except re.error as error:
             raise ValueError(f"non_product_item_pattern is not a regular expression: {error}") from None
         return pattern
+
+    @model_validator(mode="after")
+    def _target_is_trained(self) -> "Settings":
+        if self.event_weights()[self.target_event] <= 0:
+            raise ValueError(f"target_event is {self.target_event}, whose weight is 0: a model is never trained on what it is scored on")
+        return self
+
+    def event_weights(self) -> dict[str, float]:
+        """What each event type counts for in training."""
+        return {"view": self.view_weight, "click": self.click_weight, "add_to_cart": self.add_to_cart_weight, "purchase": self.purchase_weight}
 
     @field_serializer("ledger_url", "mlflow_tracking_uri", when_used="json")
     def _masked(self, url: str | None) -> str | None:
@@ -352,6 +380,10 @@ RUN_OVERRIDABLE = {
     "neighbour_share": "Weight of the neighbours' memories against the user's own.",
     "popularity_share": "Weight of recent popularity against the user's own memory.",
     "popularity_half_life_days": "Half-life of a purchase in the recent popularity (a warm start keeps its champion's).",
+    "view_weight": "What a view counts for in training (a purchase: purchase_weight; 0 leaves views out).",
+    "click_weight": "What a click counts for in training (0 leaves clicks out).",
+    "add_to_cart_weight": "What an add-to-cart counts for in training (0 leaves carts out).",
+    "purchase_weight": "What a purchase counts for in training.",
     "temperature": "Softmax temperature of the training loss.",
     "seed": "Seed of initialisation, shuffling and samples.",
     "eval_k": "Cut-off of the ranked lists every metric is computed at.",

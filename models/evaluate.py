@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data_checks.contract import of_type
 from models.metrics import catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
 from models.train import Recommender
 
@@ -66,13 +67,19 @@ def relevant_sets(interactions: pd.DataFrame, eval_users: pd.Index) -> pd.Series
 
 
 def evaluate(
-    recommender: Recommender, holdout: pd.DataFrame, eval_users: pd.Index, k: int, catalog_size: int | None = None
+    recommender: Recommender,
+    holdout: pd.DataFrame,
+    eval_users: pd.Index,
+    k: int,
+    catalog_size: int | None = None,
+    target_event: str | None = None,
 ) -> SliceMetrics:
     """Recall, NDCG, hit rate and MRR at K, and catalog coverage, on ``holdout``: the relevant
-    set of a user is the distinct items they bought in it; only ``eval_users`` (users the system
+    set of a user is the distinct items they had the ``target_event`` with in it (default: the
+    model's own target, a purchase unless configured); only ``eval_users`` (users the system
     knew before the slice) are scored. Coverage counts against ``catalog_size`` (default: the
     items the model can rank), so two models can be compared on the same denominator."""
-    relevant = relevant_sets(holdout, eval_users)
+    relevant = relevant_sets(of_type(holdout, target_event or recommender.config.target_event), eval_users)
     if relevant.empty:
         return SliceMetrics(recall=0.0, ndcg=0.0, users=0, k=k)
     ranked, _ = top_k(recommender, relevant.index.to_series(), k)

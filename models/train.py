@@ -472,7 +472,7 @@ def _item_categories(items: Vocabulary, categories: Vocabulary, catalog: pd.Data
 
 def _item_log_prices(items: Vocabulary, catalog: pd.DataFrame, interactions: pd.DataFrame) -> torch.Tensor:
     """Catalog price where there is one, else the median price paid, else the overall median."""
-    paid = interactions.groupby("item_id")["price"].median()
+    paid = interactions.groupby("item_id")["price"].median() if "price" in interactions else pd.Series(dtype="float64")
     listed = catalog.set_index("item_id")["price"] if "price" in catalog else pd.Series(dtype="float64")
     price = listed.astype("float64").combine_first(paid.astype("float64")).dropna()  # a source may have no prices
     fallback = float(price.median()) if len(price) else 1.0

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
+from data_checks.contract import DEFAULT_EVENT_TYPE, of_type, with_contract_columns
 from data_checks.markup import md_code_block, md_text
 from flows.settings import Settings
 from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
@@ -107,9 +108,13 @@ def land(period: Period, settings: Settings) -> None:
         shutil.copyfile(path, settings.landing_dir / path.name)
 
 
-def purchases(frame: pd.DataFrame) -> pd.DataFrame:
-    """The protocol's interactions: distinct (customer, item, order) purchases."""
-    return frame.drop_duplicates(["user_id", "item_id", "order_id"])
+def purchases(frame: pd.DataFrame, target_event: str = DEFAULT_EVENT_TYPE) -> pd.DataFrame:
+    """The protocol's interactions: distinct (customer, item, order) events of the target type
+    (purchases by default). A row without an order has its user's day as its order, so the
+    next-basket peers see baskets in a source without orders too."""
+    rows = with_contract_columns(of_type(frame, target_event))
+    days = "\x00" + rows["event_time"].dt.strftime("%Y-%m-%d").astype("string")
+    return rows.assign(order_id=rows["order_id"].fillna(days)).drop_duplicates(["user_id", "item_id", "order_id"])
 
 
 def score_lists(ranked: np.ndarray, relevant: pd.Series, k: int = K) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +160,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
         accepted[period.label] = rows
         champion = fetch_champion(settings)
         model = Recommender.load(champion.checkpoint_path)
-        scored = evaluate(model, purchases(rows), seen_users, K)
+        scored = evaluate(model, purchases(rows, base.target_event), seen_users, K, target_event=base.target_event)
         track.record(period.label, scored.user_ids, scored.per_user["recall"], scored.per_user["ndcg"])
         track.versions[period.label] = champion.version
         if policy != "never":
@@ -203,20 +208,28 @@ def peers(include_als: bool = True) -> list:
     return chosen
 
 
-def run_peers(accepted: dict[str, pd.DataFrame], bootstrap: list[Period], tests: list[Period], include_als: bool = True) -> list[Track]:
-    """Each peer refitted before every test period on all accepted purchases before it."""
+def run_peers(
+    accepted: dict[str, pd.DataFrame], bootstrap: list[Period], tests: list[Period], include_als: bool = True,
+    target_event: str = DEFAULT_EVENT_TYPE,
+) -> list[Track]:
+    """Each peer refitted before every test period on all accepted events of the target type
+    (purchases) before it: the peers are models of purchase histories."""
     tracks = []
     for peer in peers(include_als):
         track = Track(peer.name, peer.name)
-        history = [purchases(accepted[p.label]) for p in bootstrap]
+        history = [purchases(accepted[p.label], target_event) for p in bootstrap]
+        # Scored on the users freshrec is scored on: those with any accepted event before (a
+        # peer knows only buyers, and lists recent popularity to the rest).
+        seen = pd.Index(pd.concat([accepted[p.label] for p in bootstrap])["user_id"].unique())
         for period in tests:
             before = pd.concat(history, ignore_index=True)
-            relevant = relevant_sets(purchases(accepted[period.label]), pd.Index(before["user_id"].unique()))
+            relevant = relevant_sets(purchases(accepted[period.label], target_event), seen)
             started = time.perf_counter()
             peer.fit(before, accepted[period.label]["event_time"].min())
             track.train_seconds += time.perf_counter() - started
             track.record(period.label, relevant.index, *score_lists(peer.recommend(relevant.index, K), relevant))
-            history.append(purchases(accepted[period.label]))
+            history.append(purchases(accepted[period.label], target_event))
+            seen = seen.union(pd.Index(accepted[period.label]["user_id"].unique()))
         tracks.append(track)
         logger.info("peer %s: mean Recall@20 %.4f", peer.name, np.mean(list(track.recall.values())))
     return tracks
@@ -277,11 +290,16 @@ PROTOCOL = (
 )
 
 
-def report(source: str, period: str, bootstrap: list[Period], tests: list[Period], tracks: list[Track], wall_seconds: float) -> dict:
+def report(
+    source: str, period: str, bootstrap: list[Period], tests: list[Period], tracks: list[Track], wall_seconds: float,
+    target_event: str = DEFAULT_EVENT_TYPE, event_weights: dict[str, float] | None = None,
+) -> dict:
     by_name = {t.name: t.summary() for t in tracks}
     result = {
         "source": source,
         "period": period,
+        "target_event": target_event,  # what every Recall and NDCG scores
+        "event_weights": event_weights,  # what each event type counted for in freshrec's training
         "bootstrap_periods": [p.label for p in bootstrap],
         "test_periods": [p.label for p in tests],
         "protocol": PROTOCOL,
@@ -305,7 +323,10 @@ def format_report(result: dict) -> str:
     rows = [("policy / peer", "mean Recall@20", "mean NDCG@20", "updates", "train s")]
     for name, r in result["results"].items():
         rows.append((name, f"{r['mean_recall_at_20']:.4f}", f"{r['mean_ndcg_at_20']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
-    lines = _table(rows)
+    lines = [f"scored on {result.get('target_event', DEFAULT_EVENT_TYPE)} events", *_table(rows)]
+    weights = result.get("event_weights")
+    if weights:
+        lines.append("freshrec trained with event weights " + ", ".join(f"{name} {value:g}" for name, value in weights.items()))
     share = result.get("triggered_vs_retrain")
     if share:
         time_share = f"{share['train_time_share']:.1%}" if share["train_time_share"] is not None else "-"

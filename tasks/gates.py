@@ -123,7 +123,10 @@ _EPS = 1e-9
 def _value_check(e: PromotionEvidence, settings: Settings) -> GateCheck:
     passed = e.challenger >= settings.min_primary_metric - _EPS
     relation = "reaches" if passed else "is below"
-    return GateCheck("value", passed, f"challenger {e.label} {e.challenger:.4f} {relation} the minimum {settings.min_primary_metric:.4f}")
+    return GateCheck(
+        "value", passed,
+        f"challenger {e.label} ({settings.target_event} events) {e.challenger:.4f} {relation} the minimum {settings.min_primary_metric:.4f}",
+    )
 
 
 def _change_check(e: PromotionEvidence, settings: Settings) -> GateCheck:

@@ -50,11 +50,11 @@ def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: S
 
 
 def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
-    """Recall@K of the champion on the batch, over the batch's users it knows."""
+    """Recall@K of the champion on the batch's target events, over the batch's users it knows."""
     batch = pd.read_parquet(validation.accepted_path)
     recommender = Recommender.load(champion.checkpoint_path)
     known = pd.Index(recommender.users.ids)
-    metrics = evaluate(recommender, batch, known, settings.eval_k)
+    metrics = evaluate(recommender, batch, known, settings.eval_k, target_event=settings.target_event)
     return Decay(metrics.recall, champion.holdout_recall, metrics.users)
 
 

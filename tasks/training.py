@@ -19,12 +19,12 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.contract import empty_interactions
+from data_checks.contract import empty_interactions, with_contract_columns
 from flows.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
-from models.train import Recommender, TrainConfig, calibrate_memory_weight, prepare, remember, train
+from models.train import Recommender, TrainConfig, calibrate_memory_weight, event_weights, prepare, remember, train
 from tasks import ledger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
@@ -91,6 +91,7 @@ class Evaluation:
     challenger_interval: tuple[float, float]  # bootstrap interval of the challenger's mean on "newest"
     champion_interval: tuple[float, float] | None = None
     gain_interval: tuple[float, float] | None = None  # of the paired per-user difference
+    target_event: str = "purchase"  # the event every slice was scored on
 
     @property
     def challenger(self) -> SliceMetrics:
@@ -162,11 +163,11 @@ def assemble(
         b for b in ledger.unconsumed_batches(engine, through_batch_id)
         if until is None or (b.max_event_time is not None and pd.Timestamp(b.max_event_time) < until)
     ]
-    history = _concat([pd.read_parquet(b.accepted_path) for b in ledger.consumed_batches(engine) if b.accepted_path])
+    history = _concat([read_accepted(b.accepted_path, settings) for b in ledger.consumed_batches(engine) if b.accepted_path])
     carried_over = history.iloc[0:0]
     if champion is not None:
         history, carried_over = split_at_watermark(history, champion.trained_until)
-    new = _concat([carried_over, *(pd.read_parquet(b.accepted_path) for b in pending if b.accepted_path)])
+    new = _concat([carried_over, *(read_accepted(b.accepted_path, settings) for b in pending if b.accepted_path)])
     train_part, holdout = holdout_split(new, settings.holdout_fraction)
     if settings.init_from == "scratch":
         replay = history  # a full retrain sees all of it
@@ -195,6 +196,13 @@ def assemble(
         historical=historical.sort_values("event_time", kind="stable").reset_index(drop=True),
         new_items=frozenset(set(holdout["item_id"]) - known_items),
     )
+
+
+def read_accepted(path: str | Path, settings: Settings) -> pd.DataFrame:
+    """A batch's accepted rows that training uses: those of an event type whose weight is above
+    0, with every contract column (files accepted before a column was optional lack it)."""
+    rows = with_contract_columns(pd.read_parquet(path))
+    return rows[event_weights(rows, settings.event_weights()) > 0]
 
 
 def replay_sample(
@@ -239,6 +247,9 @@ def train_config(settings: Settings, init_from: str) -> TrainConfig:
         neighbour_share=settings.neighbour_share,
         popularity_share=settings.popularity_share,
         popularity_half_life_days=settings.popularity_half_life_days,
+        event_weights=settings.event_weights(),
+        target_event=settings.target_event,
+        recommend_consumed=settings.recommend_consumed,
         device=settings.device,
         seed=settings.seed,
     )
@@ -282,7 +293,7 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
     validate = None
     if len(data.holdout):
         def validate(model: Recommender) -> float:
-            return evaluate(model, data.holdout, data.eval_users, settings.eval_k).recall
+            return evaluate(model, data.holdout, data.eval_users, settings.eval_k, target_event=settings.target_event).recall
 
     key = training_key(data, champion, config)
     progress_path = settings.checkpoints_dir / f"training-{key}.pt"
@@ -313,7 +324,7 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     back. The launch's output (rank 0's progress bar and epochs) is passed through as it comes."""
     work.mkdir(parents=True, exist_ok=True)
     prepared, out = recommender.save(work / "prepared.pt"), work / "trained.pt"
-    rows[["user_id", "item_id"]].to_parquet(work / "rows.parquet", index=False)
+    rows[["user_id", "item_id", "event_type"]].to_parquet(work / "rows.parquet", index=False)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
         "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
@@ -342,7 +353,8 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
 
 def compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
     """Both models on the same slices: the newest holdout, the historical slice and the holdout's
-    purchases of new items (cold start), with bootstrap intervals on the primary metric."""
+    purchases of new items (cold start), with bootstrap intervals on the primary metric. Every
+    slice is scored on its events of settings.target_event."""
     k, metric = settings.eval_k, settings.primary_metric
     models = {"challenger": Recommender.load(challenger.checkpoint_path)}
     if champion is not None:
@@ -361,7 +373,7 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
             # memory is folded in exactly and weighs older baskets less by design, so with it
             # an update "loses" old purchases it never forgot.
             with recommender.model.without_memory() if name == "historical" else nullcontext():
-                scored[model] = evaluate(recommender, frame, data.eval_users, k, catalog_size)
+                scored[model] = evaluate(recommender, frame, data.eval_users, k, catalog_size, settings.target_event)
         slices[name] = SliceComparison(name, len(frame), scored["challenger"], scored.get("champion"))
     newest = slices["newest"]
     ci = dict(confidence=settings.confidence_level, n_resamples=settings.bootstrap_resamples, seed=settings.seed)
@@ -371,7 +383,7 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
         champion_values = newest.champion.per_user.get(metric, np.empty(0))
         champion_interval = bootstrap_ci(champion_values, **ci)
         gain_interval = bootstrap_ci(challenger_values - champion_values, **ci)  # same users, same order
-    return Evaluation(slices, metric, bootstrap_ci(challenger_values, **ci), champion_interval, gain_interval)
+    return Evaluation(slices, metric, bootstrap_ci(challenger_values, **ci), champion_interval, gain_interval, settings.target_event)
 
 
 def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
@@ -429,7 +441,7 @@ def evaluate_models(challenger: Challenger, champion: ChampionInfo | None, data:
 def describe_evaluation(evaluation: Evaluation) -> list[str]:
     """One line per slice, then the intervals: what a person reads in the flow's log."""
     metric, k = evaluation.metric, evaluation.challenger.k
-    label = f"{metric}@{k}"
+    label = f"{metric}@{k} of {evaluation.target_event} events"
     lines = []
     for comparison in evaluation.slices.values():
         if comparison.challenger.users == 0:

@@ -72,10 +72,10 @@ GATE = SETTINGS.model_copy(update={"max_forgetting": 0.02, "min_relative_improve
     ("case", "changes", "promote", "failed", "fragment"),
     [
         # value threshold
-        (evidence(0.04, None), {}, False, "value", "Recall@20 0.0400 is below the minimum 0.0500"),
+        (evidence(0.04, None), {}, False, "value", "Recall@20 (purchase events) 0.0400 is below the minimum 0.0500"),
         (evidence(0.05, None), {}, True, None, "first champion"),  # the threshold itself passes
         (evidence(0.04, 0.01), {}, False, "value", "below the minimum"),  # better than a broken champion is not enough
-        (evidence(0.04, None, metric="ndcg"), {}, False, "value", "NDCG@20 0.0400"),
+        (evidence(0.04, None, metric="ndcg"), {}, False, "value", "NDCG@20 (purchase events) 0.0400"),
         # absolute change threshold (min_improvement 0.01)
         (evidence(0.30, 0.28), {}, True, None, "+0.0200"),
         (evidence(0.30, 0.29), {}, False, "change", "does not beat"),  # exactly the required gain is not enough
