@@ -483,31 +483,46 @@ def source_files(mapping: SourceMapping, spec: TableSpec, key: str) -> list[Path
 
 def write_landing(mapping: SourceMapping, landing_dir: Path, files: list[Path] | None = None) -> list[Path]:
     """Convert the source files (the mapping's glob, or ``files``) and write one interactions file
-    per period, and the catalog if the mapping declares one. Landing files are immutable once
+    per period (with period none, per source file: interactions-<name>-<file's stem>.csv), and
+    one catalog file per catalog source file if the mapping declares a catalog
+    (catalog-<name>-<file's stem>.csv: a catalog grows, and ingest keeps each item's newest
+    row). Landing files are immutable once
     written (the ledger hashes them): one that exists is skipped when the new content is
     identical and is an error otherwise, checked before anything is written. Returns the paths
     written."""
     planned: list[tuple[Path, pd.DataFrame]] = []
-    if mapping.catalog is not None:
-        catalog_files = source_files(mapping, mapping.catalog, "catalog")
-        catalog = _convert_files(catalog_files, mapping.catalog, lambda raw: catalog_to_contract(raw, mapping))
-        planned.append((landing_dir / f"{CATALOG_PREFIX}-{mapping.name}.csv", catalog))
+    if mapping.catalog is not None:  # one file per catalog file: a catalog grows, and ingest upserts
+        for path in source_files(mapping, mapping.catalog, "catalog"):
+            catalog = _convert_files([path], mapping.catalog, lambda raw: catalog_to_contract(raw, mapping))
+            planned.append((landing_dir / f"{CATALOG_PREFIX}-{mapping.name}-{_stem(path)}.csv", catalog))
 
     files = [Path(f) for f in files] if files is not None else source_files(mapping, mapping.interactions, "interactions")
-    interactions = _convert_files(files, mapping.interactions, lambda raw: interactions_to_contract(raw, mapping))
+    convert = lambda raw: interactions_to_contract(raw, mapping)  # noqa: E731
     stem = f"{INTERACTIONS_PREFIX}-{mapping.name}"
-    if PERIODS[mapping.period] is None:
-        planned.append((landing_dir / f"{stem}.csv", interactions))
+    if PERIODS[mapping.period] is None:  # one file per source file: a later export is a new file
+        per_file = [(path, _convert_files([path], mapping.interactions, convert)) for path in files]
+        interactions = pd.concat([rows for _, rows in per_file], ignore_index=True)
+        planned += [(landing_dir / f"{stem}-{_stem(path)}.csv", rows) for path, rows in per_file]
     else:
+        interactions = _convert_files(files, mapping.interactions, convert)
         for label, rows in interactions.groupby(period_labels(interactions["event_time"], mapping.period), sort=True):
             planned.append((landing_dir / f"{stem}-{label}.csv", rows))
     landed = sum(len(rows) for path, rows in planned if path.name.startswith(stem))
     if landed != len(interactions):  # the adapter's promise: every source row lands exactly once
         raise RuntimeError(f"{landed:,} interaction rows in landing files for {len(interactions):,} source rows")
 
+    names = [path.name for path, _ in planned]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise ConversionError(f"two source files would land as {', '.join(clashes)}: give them different names")
     landing_dir.mkdir(parents=True, exist_ok=True)
     new = [(path, rows) for path, rows in planned if not _already_landed(path, rows)]
     return [write_landing_csv(rows, path) for path, rows in new]
+
+
+def _stem(path: Path) -> str:
+    """A source file's name without its extensions ("events-2015-06.csv.gz": "events-2015-06")."""
+    return path.name.split(".")[0]
 
 
 def period_labels(event_time: pd.Series, period: str) -> pd.Series:

@@ -323,12 +323,12 @@ def test_every_source_row_lands_once_across_periods_and_files(tmp_path):
     assert landed == {"2015-06-01": ["u3", "u4"], "2015-06-02": ["u1", "u2"], "2015-06-03": ["u5"]}
 
 
-def test_period_none_writes_one_file_and_the_catalog(tmp_path):
+def test_period_none_writes_one_file_per_source_file_and_the_catalog(tmp_path):
     mapping = load_mapping(write_mapping(tmp_path, edited((("period",), "none"), (("catalog", "constants"), {"category": "toys"}))))
     events_csv(tmp_path, ["u1,i1,2015-06-01,view", "u2,i2,2016-01-01,buy"])
     (tmp_path / "items.csv").write_text("sku,name\ni1,Spinning top\ni1,Spinning top (red)\ni2,\n", encoding="utf-8")
     written = write_landing(mapping, tmp_path / "landing")
-    assert [p.name for p in written] == ["catalog-shop.csv", "interactions-shop.csv"]
+    assert [p.name for p in written] == ["catalog-shop-items.csv", "interactions-shop-events.csv"]
     catalog = pd.read_csv(written[0], dtype=str, keep_default_na=False)
     assert catalog.to_dict("records") == [  # one row per source row: repeats are validation's to judge
         {"item_id": "i1", "title": "Spinning top", "category": "toys"},
@@ -336,6 +336,32 @@ def test_period_none_writes_one_file_and_the_catalog(tmp_path):
         {"item_id": "i2", "title": "", "category": "toys"},
     ]
     assert len(pd.read_csv(written[1])) == 2
+
+
+def test_a_later_export_and_a_grown_catalog_land_beside_the_first_ones(tmp_path):
+    """A shop exports every day and adds products: each conversion lands new files, never a
+    clash with the files of an earlier one."""
+    document = edited((("period",), "none"), (("interactions", "files"), "events-*.csv"), (("catalog", "files"), "items-*.csv"))
+    mapping = load_mapping(write_mapping(tmp_path, document))
+    events_csv(tmp_path, ["u1,i1,2015-06-01,view"], name="events-day1.csv")
+    (tmp_path / "items-day1.csv").write_text("sku,name\ni1,Spinning top\n", encoding="utf-8")
+    first = [p.name for p in write_landing(mapping, tmp_path / "landing")]
+    events_csv(tmp_path, ["u2,i2,2015-06-02,buy"], name="events-day2.csv")
+    (tmp_path / "items-day2.csv").write_text("sku,name\ni2,Yo-yo\n", encoding="utf-8")
+    second = [p.name for p in write_landing(mapping, tmp_path / "landing")]
+    assert first == ["catalog-shop-items-day1.csv", "interactions-shop-events-day1.csv"]
+    assert second == ["catalog-shop-items-day2.csv", "interactions-shop-events-day2.csv"]  # day 1's are unchanged: skipped
+
+
+def test_two_source_files_that_would_land_under_one_name_are_an_error(tmp_path):
+    document = edited((("period",), "none"), (("interactions", "files"), "**/events.csv"), (("catalog",), DELETE))
+    mapping = load_mapping(write_mapping(tmp_path, document))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        events_csv(tmp_path / folder, ["u1,i1,2015-06-01,view"])
+    with pytest.raises(ConversionError, match="would land as interactions-shop-events.csv"):
+        write_landing(mapping, tmp_path / "landing")
+    assert not (tmp_path / "landing").exists()  # nothing written
 
 
 def test_a_catalog_source_without_its_columns_is_an_error(tmp_path):
