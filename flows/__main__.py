@@ -1,4 +1,4 @@
-"""Command line: python -m flows {generate,bootstrap,run,history,rollback,backtest,servers,ledger,demo} [--help]."""
+"""Command line: python -m flows {generate,convert,import-online-retail,bootstrap,run,history,rollback,backtest,servers,ledger,demo} [--help]."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     landing = Path(args.landing_dir) if args.landing_dir else settings.landing_dir
+    if getattr(args, "shop", "orders") == "funnel":
+        return _generate_funnel(args, settings, landing)
     written = write_weeks(
         landing,
         range(args.start_week, args.start_week + args.weeks),
@@ -32,6 +34,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         broken_weeks=tuple(args.broken_week),
     )
     for path in written:
+        print(path)
+    return 0
+
+
+def _generate_funnel(args: argparse.Namespace, settings, landing: Path) -> int:
+    """The funnel shop's own export under <home>/exports/funnel-shop, landed through its mapping."""
+    from data_checks.sources import funnel
+    from data_checks.sources.mapping import load_mapping, write_landing
+
+    if args.broken_week:
+        print("error: --broken-week renames a column of the orders shop; the funnel shop has no such option", file=sys.stderr)
+        return 2
+    export = settings.home / "exports" / "funnel-shop"
+    weeks = range(args.start_week, args.start_week + args.weeks)
+    written = funnel.write_weeks(export, weeks, seed=args.seed, drift_from_week=args.drift_from_week, bad_rows_weeks=tuple(args.bad_rows_week))
+    events = [path for path in written if path.name.startswith("events-")]
+    for path in write_landing(load_mapping(export / funnel.MAPPING_PATH.name), landing, events):
         print(path)
     return 0
 
@@ -268,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write synthetic weekly batches into the landing area")
+    gen.add_argument("--shop", choices=("orders", "funnel"), default="orders",
+                     help="orders: purchase lines in the contract; funnel: views, carts and purchases in the shop's own export, landed through its mapping")
     gen.add_argument("--weeks", type=int, default=4, help="number of weekly files (default 4)")
     gen.add_argument("--start-week", type=int, default=0, help="first week number (default 0)")
     gen.add_argument("--seed", type=int, default=0, help="the shop's seed: same seed, same files")
