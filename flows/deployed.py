@@ -77,7 +77,7 @@ def rollback(reason: Reason, to_version: Version | None = None) -> State:
 
 @flow(name="backtest")
 def backtest(
-    source: Literal["online-retail", "synthetic"] = "synthetic",
+    source: Literal["online-retail", "synthetic", "funnel"] = "synthetic",
     period: Literal["month", "week"] = "month",
     data_path: str | None = None,
     policies: list[Literal["never", "retrain", "incremental", "triggered"]] | None = None,
@@ -90,13 +90,14 @@ def backtest(
     the report (<home>/backtest/<source>/report.json, an MLflow run, a Prefect artifact).
 
     Args:
-        source: online-retail (the UCI file at data_path) or synthetic (a generated shop).
+        source: online-retail (the UCI file at data_path), synthetic (a generated shop of
+            purchases) or funnel (a generated shop of views, carts and purchases).
         period: month or week: the unit each policy updates on and is scored on.
         data_path: the UCI Online Retail file, inside the worker's freshrec home (relative to it).
         policies: the update policies to replay; empty: all four.
         include_peers: also score recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r and ALS.
         include_als: ALS among the peers (needs the `implicit` package).
-        synthetic_weeks: weeks of the synthetic shop, the first two for the bootstrap.
+        synthetic_weeks: weeks of a generated shop, the first two for the bootstrap.
         overrides: thresholds and training knobs for this run; empty fields keep the worker's settings.
     """
     settings = worker_settings(overrides)
