@@ -98,3 +98,33 @@ def test_the_forgetting_and_cold_start_slices(settings):
     bought_before = set(history["item_id"]) | set(first.holdout["item_id"]) | set(update.new["item_id"])
     assert update.new_items == set(update.holdout["item_id"]) - bought_before
     assert update.new_items  # the drifted week's new items
+
+
+def land_funnel(settings, weeks: range) -> None:
+    from data_checks.sources import funnel
+    from data_checks.sources.mapping import load_mapping, write_landing
+
+    export = settings.home / "export"
+    written = funnel.write_weeks(export, weeks, config=funnel.FunnelConfig(n_visitors=200, n_items=80, n_new_items=10))
+    write_landing(load_mapping(export / funnel.MAPPING_PATH.name), settings.landing_dir, [p for p in written if p.name.startswith("events-")])
+    for f in find_new_files(settings):
+        validate_file(f, settings)
+
+
+def test_a_type_of_weight_zero_never_reaches_training_but_stays_accepted(settings):
+    land_funnel(settings, range(0, 2))
+    every = assemble(settings, None)
+    assert set(pd.concat([every.new, every.holdout])["event_type"]) == {"view", "add_to_cart", "purchase"}
+    purchases_only = assemble(settings.model_copy(update={"view_weight": 0.0, "add_to_cart_weight": 0.0}), None)
+    assert set(pd.concat([purchases_only.new, purchases_only.holdout])["event_type"]) == {"purchase"}
+    accepted = sum(b.rows_accepted for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.kind == "interactions")
+    assert every.rows == accepted > purchases_only.rows  # the ledger still holds every accepted row
+
+
+def test_an_accepted_file_written_before_columns_were_optional_reads_as_purchases(settings):
+    land(settings, range(0, 2))
+    for batch in ledger.all_batches(ledger.connect(settings.ledger_url)):
+        if batch.kind == "interactions":  # as earlier versions wrote them: no event type, order sizes as int64
+            pd.read_parquet(batch.accepted_path).drop(columns=["event_type"]).to_parquet(batch.accepted_path, index=False)
+    data = assemble(settings, None)
+    assert (pd.concat([data.new, data.holdout])["event_type"] == "purchase").all()
