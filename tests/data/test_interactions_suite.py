@@ -227,3 +227,14 @@ def test_a_purchase_is_the_same_row_with_or_without_its_type_and_a_view_is_anoth
     viewed = coerce(good_rows(3).assign(event_type="view"))
     assert row_fingerprints(untyped).tolist() == row_fingerprints(typed).tolist()
     assert not set(row_fingerprints(viewed)) & set(row_fingerprints(typed))
+
+
+def test_the_default_window_takes_any_plausible_history_and_refuses_a_zero_clock():
+    from tasks.ingest import contract_limits
+
+    raw = good_rows(3)
+    raw.loc[0, "event_time"] = "1995-08-01T00:00:00Z"  # older than most shops, not than the web
+    raw.loc[1, "event_time"] = "1970-01-01T00:00:00Z"  # a Unix time of 0: a clock that was never set
+    result = validate_interactions(raw, 0.5, contract_limits(Settings()))
+    assert result.quarantined["user_id"].tolist() == ["u1"]
+    assert result.quarantined[REASON_COLUMN].tolist() == ["event_time_in_window"]
