@@ -78,3 +78,12 @@ def with_contract_columns(interactions: pd.DataFrame) -> pd.DataFrame:
 def of_type(interactions: pd.DataFrame, event_type: str) -> pd.DataFrame:
     """The rows of one event type."""
     return interactions[(event_types_of(interactions) == event_type).to_numpy()]
+
+
+def basket_keys(interactions: pd.DataFrame) -> pd.Series:
+    """Each row's basket within its user: its order where it has one, else the user's day (a
+    source without orders, or a view outside any order). A day's key cannot be an order id."""
+    days = "\x00" + interactions["event_time"].dt.strftime("%Y-%m-%d").astype("string")
+    if "order_id" not in interactions.columns:
+        return days
+    return interactions["order_id"].astype("string").fillna(days)

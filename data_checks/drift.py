@@ -25,7 +25,7 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
-from data_checks.contract import DEFAULT_EVENT_TYPE, event_types_of, with_contract_columns
+from data_checks.contract import DEFAULT_EVENT_TYPE, basket_keys, event_types_of, with_contract_columns
 from data_checks.markup import html_text, script_json
 
 NUMERICAL = ["price", "quantity", "hour", "basket_size", "log_popularity_rank"]
@@ -167,8 +167,7 @@ def reference_sample(interactions: pd.DataFrame, max_rows: int, seed: int) -> pd
     """Whole orders drawn at random until about ``max_rows`` rows, so basket sizes stay true;
     a row without an order is drawn with the rest of its user's day."""
     interactions = with_contract_columns(interactions)
-    days = "\x00" + interactions["user_id"] + "\x00" + interactions["event_time"].dt.strftime("%Y-%m-%d")
-    groups = interactions["order_id"].fillna(days)
+    groups = interactions["user_id"] + "\x00" + basket_keys(interactions)  # an order id names one user
     orders = groups.drop_duplicates().sample(frac=1.0, random_state=seed)
     sizes = groups.value_counts().reindex(orders)
     keep = sizes.index[sizes.cumsum() <= max_rows]

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from data_checks.contract import DEFAULT_EVENT_TYPE, EVENT_TYPES, event_types_of, of_type
+from data_checks.contract import DEFAULT_EVENT_TYPE, EVENT_TYPES, basket_keys, event_types_of, of_type
 from models.files import temporary_beside
 from models.two_tower import ModelArgs, TwoTower, sampled_softmax_loss
 from models.vocab import Vocabulary
@@ -501,15 +501,6 @@ def _merge_histories(
     return merged
 
 
-def _baskets(interactions: pd.DataFrame) -> pd.Series:
-    """Each row's basket (within its user): its order where it has one, else the user's day
-    (a source without orders, or a view outside any order)."""
-    days = "\x00" + interactions["event_time"].dt.strftime("%Y-%m-%d").astype("string")
-    if "order_id" in interactions:
-        return interactions["order_id"].astype("string").fillna(days)
-    return days
-
-
 def _weighted_baskets(users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame, weights: np.ndarray) -> pd.DataFrame:
     """One row per (user, basket, item) with an event weight above 0, weighing what its
     strongest event counts for (an item viewed and bought in one basket counts as bought)."""
@@ -517,7 +508,7 @@ def _weighted_baskets(users: Vocabulary, items: Vocabulary, interactions: pd.Dat
         {
             "user": users.encode(interactions["user_id"]),
             "item": items.encode(interactions["item_id"]),
-            "basket": _baskets(interactions).to_numpy(),
+            "basket": basket_keys(interactions).to_numpy(),
             "time": interactions["event_time"].to_numpy(),
             "event": weights,
         }

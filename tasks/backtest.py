@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
-from data_checks.contract import DEFAULT_EVENT_TYPE, of_type, with_contract_columns
+from data_checks.contract import DEFAULT_EVENT_TYPE, basket_keys, of_type, with_contract_columns
 from data_checks.markup import md_code_block, md_text
 from flows.settings import Settings
 from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
@@ -113,8 +113,7 @@ def purchases(frame: pd.DataFrame, target_event: str = DEFAULT_EVENT_TYPE) -> pd
     (purchases by default). A row without an order has its user's day as its order, so the
     next-basket peers see baskets in a source without orders too."""
     rows = with_contract_columns(of_type(frame, target_event))
-    days = "\x00" + rows["event_time"].dt.strftime("%Y-%m-%d").astype("string")
-    return rows.assign(order_id=rows["order_id"].fillna(days)).drop_duplicates(["user_id", "item_id", "order_id"])
+    return rows.assign(order_id=basket_keys(rows)).drop_duplicates(["user_id", "item_id", "order_id"])
 
 
 def score_lists(ranked: np.ndarray, relevant: pd.Series, k: int = K) -> tuple[np.ndarray, np.ndarray]:
