@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node=4 -m models.distributed PREPARED.pt ROWS.parquet OUT.pt
 
 ``PREPARED.pt`` is a model as ``models.train.prepare`` made it (saved with ``Recommender.save``),
-``ROWS.parquet`` the (user_id, item_id, event_type) rows to train on. Every process holds the rows and the
+``ROWS.parquet`` the (user_id, item_id[, event_type]) rows to train on. Every process holds the rows and the
 model; each takes an equal share of the users of every batch and scores them against all the
 batch's items, and DistributedDataParallel averages the gradients, so the update equals
 single-process training on the same batches. NCCL on GPUs, gloo on CPUs. Rank 0 writes a
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         recommender = Recommender.load(args.prepared)
         if not use_cuda:
             recommender.config.device = "cpu"
-        rows = pd.read_parquet(args.rows, columns=["user_id", "item_id", "event_type"])
+        rows = pd.read_parquet(args.rows)  # user_id, item_id and, from a source with types, event_type
         validate = None
         if args.holdout is not None:
             holdout = pd.read_parquet(args.holdout)

@@ -324,7 +324,7 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     back. The launch's output (rank 0's progress bar and epochs) is passed through as it comes."""
     work.mkdir(parents=True, exist_ok=True)
     prepared, out = recommender.save(work / "prepared.pt"), work / "trained.pt"
-    rows[["user_id", "item_id", "event_type"]].to_parquet(work / "rows.parquet", index=False)
+    rows[[c for c in ("user_id", "item_id", "event_type") if c in rows]].to_parquet(work / "rows.parquet", index=False)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
         "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
