@@ -238,10 +238,10 @@ def prepare(
         if start is not None and start.history_until is not None:
             fresh = interactions[interactions["event_time"] > start.history_until]
         model.user_history.copy_(_merge_histories(history, users, items, fresh))
-        weights = event_weights(fresh, config.event_weights)
         if model.args.repeat_slots:
-            _fold_baskets(model, users, items, fresh, weights)
-            _fold_popularity(model, items, fresh, start.history_until if start else None, weights)
+            baskets = _weighted_baskets(users, items, fresh, event_weights(fresh, config.event_weights))
+            _fold_baskets(model, baskets)
+            _fold_popularity(model, len(items), baskets, start.history_until if start else None)
         _fold_consumed(model, users, items, of_type(fresh, config.target_event))
         if title_vectors is not None and len(title_vectors):
             rows = items.encode(title_vectors.index)
@@ -527,25 +527,20 @@ def _fold_consumed(model: TwoTower, users: Vocabulary, items: Vocabulary, consum
     model.set_consumed(torch.cat([old_users, new_users]), torch.cat([old_items, new_items]))
 
 
-def _fold_baskets(
-    model: TwoTower, users: Vocabulary, items: Vocabulary, interactions: pd.DataFrame, weights: np.ndarray | None = None
-) -> None:
-    """Fold the interactions' baskets into the basket memory, in place, exactly as if the memory
-    had been built from all baskets at once: a user with n new baskets sees the old sums and
-    basket count decayed by basket_decay ** n, and the k-th new basket (oldest first) added
-    with weight basket_decay ** (n - k). Each user keeps the items with the largest sums (ties:
-    the lower item row, so the memory does not depend on row order).
+def _fold_baskets(model: TwoTower, rows: pd.DataFrame) -> None:
+    """Fold new baskets (``_weighted_baskets``: one row per user, basket and item) into the
+    basket memory, in place, exactly as if the memory had been built from all baskets at once:
+    a user with n new baskets sees the old sums and basket count decayed by basket_decay ** n,
+    and the k-th new basket (oldest first) added with weight basket_decay ** (n - k). Each user
+    keeps the items with the largest sums (ties: the lower item row, so the memory does not
+    depend on row order).
 
-    With event ``weights`` (one per row), an item counts in a basket what its strongest event
-    counts for, and the basket what its strongest item does: a basket of views adds a tenth of
-    a basket of purchases to the user's count. Rows of weight 0 are left out."""
-    if interactions.empty:
-        return
-    decay = model.args.basket_decay
-    weights = np.ones(len(interactions)) if weights is None else weights
-    rows = _weighted_baskets(users, items, interactions, weights)
+    An item counts in a basket what its strongest event counts for, and the basket what its
+    strongest item does: a basket of views adds a tenth of a basket of purchases to the user's
+    count."""
     if rows.empty:
         return
+    decay = model.args.basket_decay
     baskets = rows.groupby(["user", "basket"], as_index=False).agg(time=("time", "min"), event=("event", "max"))
     baskets = baskets.sort_values(["user", "time", "basket"], kind="stable")
     position = baskets.groupby("user").cumcount().to_numpy()
@@ -579,17 +574,10 @@ def _fold_baskets(
     model.memory_sums[where] = torch.as_tensor(merged["sum"].to_numpy(), dtype=torch.float32)
 
 
-def _fold_popularity(
-    model: TwoTower, items: Vocabulary, interactions: pd.DataFrame, until: pd.Timestamp | None, weights: np.ndarray | None = None
-) -> None:
-    """Fold the interactions' purchases (one per item and basket, weighted by its strongest
-    event) into each item's decayed purchases, in place: everything is decayed to the newest
-    event, with the half-life popularity_half_life_days."""
-    if interactions.empty:
-        return
-    weights = np.ones(len(interactions)) if weights is None else weights
-    users = Vocabulary(list(interactions["user_id"].astype("string").unique()))
-    rows = _weighted_baskets(users, items, interactions, weights)
+def _fold_popularity(model: TwoTower, n_items: int, rows: pd.DataFrame, until: pd.Timestamp | None) -> None:
+    """Fold new baskets (``_weighted_baskets``) into each item's decayed purchases, in place: one
+    per item and basket, weighted by its strongest event, everything decayed to the newest event
+    with the half-life popularity_half_life_days."""
     if rows.empty:
         return
     times = pd.to_datetime(rows["time"], utc=True)
@@ -598,4 +586,4 @@ def _fold_popularity(
     if until is not None:
         model.item_recent *= 0.5 ** ((newest - until) / half_life)
     decayed = 0.5 ** ((newest - times) / half_life).to_numpy(dtype="float64") * rows["event"].to_numpy()
-    model.item_recent += torch.as_tensor(np.bincount(rows["item"].to_numpy(), weights=decayed, minlength=len(items)), dtype=torch.float32)
+    model.item_recent += torch.as_tensor(np.bincount(rows["item"].to_numpy(), weights=decayed, minlength=n_items), dtype=torch.float32)
