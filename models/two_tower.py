@@ -16,6 +16,12 @@ theirs (cosine), plus ``popularity_share`` x the item's time-decayed purchases r
 most bought item). ``memory_weight`` is calibrated on held-out data after training (see
 models.train.calibrate_memory_weight): on a wholesaler's data, where buying again is the norm,
 the towers alone cannot say "this customer buys this every month".
+
+Event types: training weighs each row by what its type counts for (``sampled_softmax_loss``'s
+``weights``; the memory's sums are folded with the same weights, see models.train). Consumed
+items: the (user, item) pairs of the target event are kept as compressed rows, and with
+``exclude_consumed`` ``score_all`` gives them -inf, so a shop of one-off goods never serves a
+user what they already have.
 """
 
 from __future__ import annotations
