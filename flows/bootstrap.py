@@ -10,6 +10,7 @@ from prefect.states import Completed, State
 from flows.settings import Settings
 from flows.validate_landing import validate_new_files
 from tasks.gates import judge_challenger
+from tasks.history import fold_consumed_history
 from tasks.registry import log_training_run, reconcile_registry, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
@@ -58,6 +59,8 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
     registration = register_champion(settings, run_id, model_uri, None, verdict, data, evaluation) if verdict.promote else None
     version = registration.version if registration else None
+    if version is not None:
+        fold_consumed_history(settings)
     reasons = verdict.reasons + ([f"not promoted: {registration.reason}"] if registration and version is None else [])
     outcomes.append(
         BatchOutcome(

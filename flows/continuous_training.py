@@ -9,6 +9,7 @@ from prefect.states import Completed, State
 from flows.settings import Settings, redact
 from flows.validate_landing import validate_new_files
 from tasks.gates import decide, judge_challenger
+from tasks.history import fold_consumed_history
 from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
 from tasks.registry import log_training_run, reconcile_registry, register_champion
@@ -52,6 +53,8 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
         outcome.promoted, outcome.champion_version = registration.version is not None, registration.version or champion.version
         if registration.version is None:
             outcome.reasons.append(f"not promoted: {registration.reason}")
+        else:
+            fold_consumed_history(settings)
     finish_update(settings, validation.batch_id)
     return outcome
 

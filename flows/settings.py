@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     # On Online Retail 30 days beat 90 days and uniform draws (94.5% vs 93.7% and 92.9% of
     # scratch). None draws uniformly.
     replay_half_life_days: float | None = Field(default=30.0, gt=0)
+    # Replay and the forgetting slice are drawn from a bounded sample of the consumed history
+    # kept as data (tasks/history.py), so an update never reads history back. Keep it above
+    # replay_ratio times the largest batch plus forgetting_slice_rows, or replay is shorter than
+    # asked (the update logs it).
+    replay_reservoir_rows: int = Field(default=2_000_000, ge=1, le=100_000_000)
     # Basket memory (models/two_tower.py): each user's items with time-decayed shares of their
     # baskets, folded in exactly at every update, plus the shares of the users most like them
     # and recent popularity; a weight chosen on the held-out slice after training adds it to the

@@ -25,7 +25,7 @@ from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
 from models.train import Recommender, TrainConfig, calibrate_memory_weight, event_weights, prepare, remember, train
-from tasks import ledger
+from tasks import history, ledger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
 from tasks.tracking import ChampionInfo
@@ -43,6 +43,7 @@ class TrainingData:
     # challenger that lost too much there forgot (see settings.max_forgetting).
     historical: pd.DataFrame = field(default_factory=empty_interactions)
     new_items: frozenset[str] = frozenset()  # holdout items nobody bought before the holdout
+    notes: list[str] = field(default_factory=list)  # what a person should know about this data (logged as warnings)
 
     @property
     def rows(self) -> int:
@@ -157,38 +158,81 @@ def assemble(
 ) -> TrainingData:
     """New rows (pending batches plus the champion's own holdout), a replay sample of history,
     and the newest slice held out. With ``until``, only batches whose events all precede it;
-    with ``through_batch_id``, only batches up to that one."""
+    with ``through_batch_id``, only batches up to that one.
+
+    A retrain (settings.init_from "scratch") reads the whole consumed history back. A fine-tune
+    reads only the new batches, the consumed batches with rows after the champion's watermark,
+    and the bounded history sample of tasks/history.py: its cost follows the new data."""
     engine = ledger.connect(settings.ledger_url)
     pending = [
         b for b in ledger.unconsumed_batches(engine, through_batch_id)
         if until is None or (b.max_event_time is not None and pd.Timestamp(b.max_event_time) < until)
     ]
+    pending_rows = [read_accepted(b.accepted_path, settings) for b in pending if b.accepted_path]
+    if settings.init_from == "scratch":
+        return _assemble_from_all_history(settings, champion, engine, pending, pending_rows)
+    watermark = champion.trained_until if champion is not None else None
+    carried_over = empty_interactions()
+    if watermark is not None:
+        # Rows after the watermark (the champion's own holdout) are new to it; only the newest
+        # consumed batches can hold them.
+        later = [
+            b for b in ledger.consumed_batches(engine)
+            if b.accepted_path and (b.max_event_time is None or pd.Timestamp(b.max_event_time) > watermark)
+        ]
+        carried_over = _concat([split_at_watermark(read_accepted(b.accepted_path, settings), watermark)[1] for b in later])
+    new = _concat([carried_over, *pending_rows])
+    train_part, holdout = holdout_split(new, settings.holdout_fraction)
+    sample = history.fold(settings)
+    types = [t for t, weight in settings.event_weights().items() if weight > 0]
+    pool = sample.head(watermark, types)
+    n_replay = int(len(train_part) * settings.replay_ratio)
+    # Forgetting is measured on what the update does not replay, drawn with the replay's
+    # recency weighting: the recent past users still act on, not the oldest rows that replay
+    # left behind. The sample's head is the replay, the rows after it the forgetting slice.
+    replay = pool.iloc[:n_replay]
+    historical = pool.iloc[n_replay : n_replay + settings.forgetting_slice_rows]
+    notes = []
+    if len(pool) < n_replay + settings.forgetting_slice_rows and not sample.complete:
+        notes.append(
+            f"the replay history holds {len(pool):,} usable rows: {len(replay):,} replayed (asked {n_replay:,}) and "
+            f"{len(historical):,} for the forgetting slice (asked {settings.forgetting_slice_rows:,}); raise "
+            f"replay_reservoir_rows ({settings.replay_reservoir_rows:,}) to replay more"
+        )
+    known_users = sample.known_users(watermark, types).union(pd.Index(train_part["user_id"].unique()))
+    known_items = set(sample.known_items(watermark, types)) | set(train_part["item_id"])
+    return TrainingData(
+        new=train_part.reset_index(drop=True),
+        replay=replay.reset_index(drop=True),
+        holdout=holdout.reset_index(drop=True),
+        eval_users=known_users,
+        catalog=load_catalog(settings),
+        batch_ids=[b.id for b in pending],
+        historical=historical.sort_values("event_time", kind="stable").reset_index(drop=True),
+        new_items=frozenset(set(holdout["item_id"]) - known_items),
+        notes=notes,
+    )
+
+
+def _assemble_from_all_history(
+    settings: Settings, champion: ChampionInfo | None, engine, pending: list, pending_rows: list[pd.DataFrame]
+) -> TrainingData:
+    """A retrain's data: it trains on every consumed row again, so it reads them all."""
     history = _concat([read_accepted(b.accepted_path, settings) for b in ledger.consumed_batches(engine) if b.accepted_path])
     carried_over = history.iloc[0:0]
     if champion is not None:
         history, carried_over = split_at_watermark(history, champion.trained_until)
-    new = _concat([carried_over, *(read_accepted(b.accepted_path, settings) for b in pending if b.accepted_path)])
+    new = _concat([carried_over, *pending_rows])
     train_part, holdout = holdout_split(new, settings.holdout_fraction)
-    if settings.init_from == "scratch":
-        replay = history  # a full retrain sees all of it
-    else:
-        replay = replay_sample(
-            history, int(len(train_part) * settings.replay_ratio), settings.replay_half_life_days,
-            train_part["event_time"].min() if len(train_part) else None, settings.seed,
-        )
-    # Forgetting is measured on what the update does not replay, drawn with the replay's
-    # recency weighting: the recent past users still act on, not the oldest rows that replay
-    # left behind. (A retrain replays everything: the slice is then history it saw again, logged
-    # but not gated, see PromotionEvidence.warm_started.)
-    not_replayed = history.drop(index=replay.index) if len(replay) < len(history) else history
+    # The historical slice is history it trains on again: logged, not gated (PromotionEvidence.warm_started).
     historical = replay_sample(
-        not_replayed, settings.forgetting_slice_rows, settings.replay_half_life_days,
+        history, settings.forgetting_slice_rows, settings.replay_half_life_days,
         train_part["event_time"].min() if len(train_part) else None, settings.seed,
     )
     known_items = set(history["item_id"]) | set(train_part["item_id"])
     return TrainingData(
         new=train_part.reset_index(drop=True),
-        replay=replay.reset_index(drop=True),
+        replay=history.reset_index(drop=True),
         holdout=holdout.reset_index(drop=True),
         eval_users=pd.Index(pd.concat([history["user_id"], train_part["user_id"]]).unique()),
         catalog=load_catalog(settings),
@@ -406,6 +450,8 @@ def assemble_training_data(
         "training data: %d new rows, %d replayed, %d held out for evaluation",
         len(data.new), len(data.replay), len(data.holdout),
     )
+    for note in data.notes:
+        get_run_logger().warning(note)
     return data
 
 
