@@ -64,6 +64,8 @@ class DriftResult:
     unseen_item_share: float  # share of the batch's interactions on items the champion never saw
     unseen_user_share: float  # ... by users the champion never saw
     report_path: str | None
+    rows_compared: int | None = None  # batch rows Evidently compared (a sample of whole orders of a large batch)
+    rows: int | None = None  # the batch's rows
 
 
 def drift_features(interactions: pd.DataFrame, counts: ChampionCounts) -> pd.DataFrame:
@@ -132,10 +134,22 @@ def _basket_sizes(interactions: pd.DataFrame) -> pd.Series:
 
 
 def detect_drift(
-    current: pd.DataFrame, reference: pd.DataFrame, counts: ChampionCounts, report_path: Path | None
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    counts: ChampionCounts,
+    report_path: Path | None,
+    sample_rows: int | None = None,
+    seed: int = 0,
 ) -> DriftResult:
     """Run Evidently's drift preset on the columns both sides can speak of (see
-    `monitored_columns`) and read its result by metric type and column name."""
+    `monitored_columns`) and read its result by metric type and column name. With
+    ``sample_rows``, a larger batch is compared by whole orders drawn up to that many rows (see
+    `reference_sample`); the shares of unseen items and users are always of the whole batch."""
+    unseen_items = float((~current["item_id"].isin(counts.items.index)).mean()) if len(current) else 0.0
+    unseen_users = float((~current["user_id"].isin(counts.users.index)).mean()) if len(current) else 0.0
+    rows = len(current)
+    if sample_rows is not None and len(current) > sample_rows:
+        current = reference_sample(current, sample_rows, seed)
     current_features, reference_features = drift_features(current, counts), drift_features(reference, counts)
     numerical, categorical = monitored_columns(current_features, reference_features)
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
@@ -157,9 +171,11 @@ def detect_drift(
         drift_share=len(drifted) / len(columns) if columns else 0.0,
         drifted_columns=drifted,
         columns=columns,
-        unseen_item_share=float((current_features["item_known"] == "unseen").mean()),
-        unseen_user_share=float((~current["user_id"].isin(counts.users.index)).mean()),
+        unseen_item_share=unseen_items,
+        unseen_user_share=unseen_users,
         report_path=str(report_path) if report_path else None,
+        rows_compared=len(current),
+        rows=rows,
     )
 
 

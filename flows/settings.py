@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     reports_dir: Path | None = None
     # Challenger checkpoints, kept so a run can be inspected or resumed.
     checkpoints_dir: Path | None = None
+    # Model files kept per kind in checkpoints/ and the champion cache; older ones are deleted
+    # after each run (every version stays in MLflow, and a champion is downloaded again when its
+    # cache entry is gone). Never deleted: the files of versions with an alias, of the run that
+    # just finished, and any changed within batch_lease_seconds (another run may be using them).
+    keep_model_files: int = Field(default=3, ge=1, le=1000)
     # SQLite beside the data by default; any SQLAlchemy URL (PostgreSQL) at scale. Or the name of
     # a Prefect Secret block holding the URL (ledger_url_secret_block), read when a run starts.
     ledger_url: str | None = None
@@ -147,6 +152,12 @@ class Settings(BaseSettings):
     min_new_rows: int = Field(default=1_000, ge=1)
     # Rows kept with each champion as the drift reference; bounded so drift costs O(batch).
     reference_sample_rows: int = Field(default=20_000, ge=100, le=10_000_000)
+    # A large batch's drift and decay are measured on a bounded part of it, so their cost stops
+    # growing with the batch: whole orders of at most drift_sample_rows rows (Evidently's
+    # distances, not p-values, so a sample estimates the same figure), and at most
+    # decay_sample_users of the batch's users (a fixed hash of the user id picks them).
+    drift_sample_rows: int = Field(default=200_000, ge=1_000, le=100_000_000)
+    decay_sample_users: int = Field(default=50_000, ge=100, le=100_000_000)
 
     # --- one batch's update -------------------------------------------------------------------
     # A run holds its claim on a batch's update for this long and renews it after every training

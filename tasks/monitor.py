@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
@@ -46,16 +47,29 @@ def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: S
     catalog = load_catalog(settings)
     counts = ChampionCounts(recommender.item_counts, recommender.user_counts, catalog.set_index("item_id")["category"])
     report_path = settings.reports_dir / f"{output_stem(validation.batch_id, validation.file_name)}.drift.html"
-    return detect_drift(current, reference, counts, report_path)
+    return detect_drift(current, reference, counts, report_path, settings.drift_sample_rows, settings.seed)
 
 
 def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
-    """Recall@K of the champion on the batch's target events, over the batch's users it knows."""
+    """Recall@K of the champion on the batch's target events, over the batch's users it knows
+    (at most settings.decay_sample_users of them, the same ones for the same batch)."""
     batch = pd.read_parquet(validation.accepted_path)
     recommender = Recommender.load(champion.checkpoint_path)
     known = pd.Index(recommender.users.ids)
+    batch_users = pd.Index(batch["user_id"].unique())
+    if len(batch_users) > settings.decay_sample_users:
+        known = known.intersection(hash_sample(batch_users.intersection(known), settings.decay_sample_users))
     metrics = evaluate(recommender, batch, known, settings.eval_k, target_event=settings.target_event)
     return Decay(metrics.recall, champion.holdout_recall, metrics.users)
+
+
+def hash_sample(ids: pd.Index, n: int) -> pd.Index:
+    """The ``n`` of ``ids`` (all when fewer) with the smallest fixed hash: the same ids always
+    give the same users, and no user is favoured by its name's order or its activity."""
+    if len(ids) <= n:
+        return ids
+    hashes = pd.util.hash_pandas_object(pd.Series(ids, dtype=object), index=False).to_numpy()
+    return ids[np.argsort(hashes, kind="stable")[:n]]
 
 
 def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
@@ -96,9 +110,10 @@ def record_decision_run(
 @task(name="detect-drift", cache_policy=NO_CACHE)
 def detect_batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
     result = batch_drift(validation, champion, settings)
+    compared = "" if result.rows_compared == result.rows else f" on {result.rows_compared:,} of {result.rows:,} rows (whole orders)"
     get_run_logger().info(
-        "drift share %.2f (%s); %.1f%% of interactions on items and %.1f%% by users the champion never saw; report %s",
-        result.drift_share, ", ".join(result.drifted_columns) or "no column drifted",
+        "drift share %.2f%s (%s); %.1f%% of interactions on items and %.1f%% by users the champion never saw; report %s",
+        result.drift_share, compared, ", ".join(result.drifted_columns) or "no column drifted",
         100 * result.unseen_item_share, 100 * result.unseen_user_share, result.report_path,
     )
     return result

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from data_checks.drift import ChampionCounts, detect_drift, reference_sample
-from data_checks.sources.synthetic import BatchOptions, SyntheticShop
+from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop
 from flows.settings import Settings
 
 THRESHOLD = Settings().drift_share_threshold
@@ -53,3 +53,36 @@ def test_each_injected_shift_is_detected_where_it_happened(seed, options, column
     assert {c.column for c in result.columns} == {
         "price", "quantity", "hour", "basket_size", "log_popularity_rank", "weekday", "country", "item_known", "category",
     }
+
+
+@pytest.mark.parametrize(
+    "options", [BatchOptions(), BatchOptions(new_items=True), BatchOptions(price_shift=True)], ids=["same", "new items", "price shift"],
+)
+def test_a_large_batch_compared_by_a_sample_of_its_orders_gives_the_same_figures(options):
+    shop = SyntheticShop(0, ShopConfig(orders_per_week=4 * ShopConfig().orders_per_week))  # four times the default traffic
+    reference, counts = champion_view(shop)
+    batch = shop.week(3, options)
+    whole = detect_drift(batch, reference, counts, None)
+    sampled = detect_drift(batch, reference, counts, None, sample_rows=len(batch) // 2, seed=0)
+    assert whole.rows_compared == whole.rows == len(batch)
+    assert sampled.rows == len(batch) and len(batch) // 3 < sampled.rows_compared <= len(batch) // 2
+    assert sampled.drifted_columns == whole.drifted_columns
+    scores = {c.column: c.score for c in whole.columns}
+    # Within sampling error of half the orders: basket_size moves most (an order's lines move
+    # together).
+    for column in sampled.columns:
+        assert column.score == pytest.approx(scores[column.column], abs=0.03), column.column
+    # The shares of unseen items and users are of the whole batch, not of the sample.
+    assert (sampled.unseen_item_share, sampled.unseen_user_share) == (whole.unseen_item_share, whole.unseen_user_share)
+
+
+def test_decay_scores_a_fixed_sample_of_a_large_batchs_users():
+    from tasks.monitor import hash_sample
+
+    users = pd.Index([f"u{i}" for i in range(10_000)])
+    picked = hash_sample(users, 1_000)
+    assert len(picked) == 1_000 and picked.isin(users).all() and not picked.duplicated().any()
+    assert set(hash_sample(users[::-1], 1_000)) == set(picked)  # the batch's row order does not matter
+    assert hash_sample(users[:500], 1_000).equals(users[:500])  # fewer than asked: all of them
+    # Not the first names in the batch's order, nor a block of similar names.
+    assert picked.isin(users[:1_000]).mean() < 0.2
