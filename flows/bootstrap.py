@@ -14,7 +14,7 @@ from tasks.history import fold_consumed_history
 from tasks.registry import log_training_run, reconcile_registry, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, prune_model_files, remember_evaluated_holdout, train_challenger
 
 
 class ChampionExistsError(RuntimeError):
@@ -69,5 +69,6 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
             mlflow_run_id=run_id,
         )
     )
+    prune_model_files(settings)
     summary = publish_report("Bootstrap", outcomes)
     return Completed(message=summary, data=outcomes)

@@ -15,7 +15,7 @@ from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measu
 from tasks.registry import log_training_run, reconcile_registry, register_champion
 from tasks.report import BatchOutcome, publish_report
 from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, prune_model_files, remember_evaluated_holdout, train_challenger
 
 
 class NoChampionError(RuntimeError):
@@ -85,5 +85,6 @@ def continuous_training(settings: Settings | None = None) -> State:
     for validation in find_undecided_batches(settings):
         state = update_on_batch(validation, settings, return_state=True)
         outcomes.append(state.result() if state.is_completed() else record_batch_failure(settings, validation, state.message or state.name))
+    prune_model_files(settings)
     summary = publish_report("Continuous training", outcomes)
     return Completed(message=summary, data=outcomes)

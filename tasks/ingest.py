@@ -46,6 +46,11 @@ IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart",
 FINGERPRINTS_SUFFIX = ".fingerprints.npy"
 IGNORED_HASH = ""  # an ignored entry is not hashed: its record is keyed by name alone
 CATALOG_FILE = "catalog.parquet"
+LANDING_HASHES = Path("state") / "landing-hashes.json"  # under the home: see LandingHashes
+# A digest is remembered only for a file last changed at least this long before the run began:
+# a write in the same timestamp tick as the hashing would leave the stat as it was (file systems
+# stamp times in ticks of up to 2 s), and the cached digest would then hide the change.
+HASH_CACHE_MIN_AGE_SECONDS = 2.0
 logger = logging.getLogger(__name__)
 
 
@@ -87,6 +92,72 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass
+class LandingHashes:
+    """The digests of landing files, by name, with the stat each was taken at: a file whose size,
+    mtime, ctime and inode are all unchanged is not read again (ctime cannot be set back, so a
+    rewrite that restores mtime is still seen). Only a cache: a missing or corrupt file means
+    hashing again, and whatever it says, validation hashes the bytes it reads and checks them
+    against the digest registered. Written whole and renamed, so two runs at once leave one
+    run's valid view (the last writer's)."""
+
+    path: Path
+    recorded: dict[str, dict] = field(default_factory=dict)  # as read
+    seen: dict[str, dict] = field(default_factory=dict)  # the files of this run's landing/: what is written back
+
+    @classmethod
+    def load(cls, path: Path) -> "LandingHashes":
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))["files"]
+            if not all(isinstance(name, str) and _valid_hash_entry(entry) for name, entry in entries.items()):
+                raise ValueError("an entry is not a stat and a digest")
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            logger.warning(
+                "the landing hash cache %s cannot be used (%s: %s): every landing file is hashed again", path, type(error).__name__, error,
+            )
+            return cls(path)
+        return cls(path, entries)
+
+    def digest(self, name: str, stat: os.stat_result) -> str | None:
+        """The recorded digest of ``name`` when its stat is the one it was taken at."""
+        entry = self.recorded.get(name)
+        if entry is None or entry["stat"] != _stat_key(stat):
+            return None
+        self.seen[name] = entry
+        return entry["sha256"]
+
+    def remember(self, name: str, stat: os.stat_result, digest: str, run_began: float) -> None:
+        """Record the digest of ``name`` taken after ``stat``, unless the file changed too close to
+        ``run_began`` for its stat to tell a later change (HASH_CACHE_MIN_AGE_SECONDS)."""
+        if run_began - max(stat.st_mtime, stat.st_ctime) >= HASH_CACHE_MIN_AGE_SECONDS:
+            self.seen[name] = {"stat": _stat_key(stat), "sha256": digest}
+
+    def save(self) -> None:
+        """Write the entries of the files seen (those gone from landing/ drop out); a failure is
+        logged, never raised: the next run hashes again."""
+        if self.seen == self.recorded:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_text(self.path, json.dumps({"files": self.seen}, separators=(",", ":")))
+        except OSError as error:
+            logger.warning("the landing hash cache %s was not written (%s): the next run hashes again", self.path, error)
+
+
+def _stat_key(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _valid_hash_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("stat"), list) and len(entry["stat"]) == 4
+        and all(type(value) is int for value in entry["stat"])
+        and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+    )
 
 
 def kind_of(name: str) -> str | None:
@@ -144,10 +215,12 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
     """Register landing files not seen before, in name order. Content seen under another name is
     recorded as a duplicate and never processed again; a file still changing is left for a later
     run; every other entry of landing/ is recorded once as ``ignored``, with the reason, and
-    returned so the run reports it."""
+    returned so the run reports it. A file unchanged since an earlier run hashed it is not read
+    again (LandingHashes)."""
     engine = ledger.connect(settings.ledger_url)
     records = ledger.all_batches(engine)
     known = {(b.file_name, b.sha256): b for b in records}
+    hashes = LandingHashes.load(settings.home / LANDING_HASHES)
     new, waiting, now = [], [], time.time()
     landing_dir = settings.landing_dir
     for path in landing_entries(landing_dir) if landing_dir.is_dir() else []:
@@ -162,7 +235,11 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
             if not settled(path, settings.landing_settle_seconds, now):
                 waiting.append(name)
                 continue
-            digest = sha256_of(path)
+            stat = path.stat()  # before reading: a change while it is read shows in the next run's stat
+            digest = hashes.digest(name, stat)
+            if digest is None:
+                digest = sha256_of(path)
+                hashes.remember(name, stat, digest, now)
             size = path.stat().st_size
         except OSError as error:  # permissions, or removed meanwhile: recorded, the others go on
             new += _ignore(engine, known, name, f"cannot be read: {type(error).__name__}: {error.strerror or error}")
@@ -187,6 +264,7 @@ def find_new_files(settings: Settings) -> list[LandedFile]:
             new.append(LandedFile(batch_id, name, str(path), kind, digest))
     if waiting:
         logger.info("%d landing file(s) still changing, left for a later run: %s", len(waiting), ", ".join(waiting))
+    hashes.save()
     return new
 
 

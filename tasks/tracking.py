@@ -92,13 +92,36 @@ def champion_version(client: MlflowClient, settings: Settings):
         raise
 
 
+def aliased_versions(settings: Settings) -> dict[str, str]:
+    """alias -> version for every alias of the registered model; empty before its first version."""
+    client, _ = mlflow_client(settings)
+    try:
+        aliases = client.get_registered_model(settings.registered_model_name).aliases
+    except MlflowException as error:
+        if not_in_registry(client, settings.registered_model_name, error):
+            return {}
+        raise
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def champion_cache_dir(settings: Settings, version: str) -> Path:
+    """Where fetch_champion keeps a registered version's files: an entry of the champion cache."""
+    return settings.home / "cache" / f"{settings.registered_model_name}-v{version}"
+
+
+def cached_checkpoint_path(settings: Settings, version: str) -> Path:
+    """The checkpoint of ``version`` in the champion cache: what its ChampionInfo points to."""
+    return champion_cache_dir(settings, version) / "model" / "artifacts" / CHECKPOINT_ARTIFACT
+
+
 def fetch_champion(settings: Settings) -> ChampionInfo | None:
-    """Download the champion's checkpoint and drift reference (cached by version)."""
+    """Download the champion's checkpoint and drift reference (cached by version; an entry
+    pruned since, or never fetched, is downloaded again from the registry)."""
     client, _ = mlflow_client(settings)
     version = champion_version(client, settings)
     if version is None:
         return None
-    cache_dir = settings.home / "cache" / f"{settings.registered_model_name}-v{version.version}"
+    cache_dir = champion_cache_dir(settings, str(version.version))
     model_dir = cache_dir / "model"
     if not model_dir.exists():
         # Download beside the cache and rename, so a crash never leaves a half-filled cache entry.
@@ -111,7 +134,7 @@ def fetch_champion(settings: Settings) -> ChampionInfo | None:
     return ChampionInfo(
         version=str(version.version),
         run_id=version.run_id,
-        checkpoint_path=model_dir / "artifacts" / CHECKPOINT_ARTIFACT,
+        checkpoint_path=cached_checkpoint_path(settings, str(version.version)),
         reference_path=model_dir / "artifacts" / REFERENCE_ARTIFACT,
         trained_until=pd.Timestamp(run.data.params["trained_until"]),
         holdout_recall=float(run.data.metrics["challenger_recall"]),

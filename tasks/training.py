@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +21,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from data_checks.contract import empty_interactions, with_contract_columns
 from flows.settings import Settings
@@ -28,7 +32,7 @@ from models.train import Recommender, TrainConfig, calibrate_memory_weight, even
 from tasks import history, ledger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
-from tasks.tracking import ChampionInfo
+from tasks.tracking import ChampionInfo, aliased_versions, cached_checkpoint_path
 
 
 @dataclass
@@ -441,6 +445,114 @@ def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
     return replace(challenger, checkpoint_path=str(path))
 
 
+# --- retention: the model files a run leaves behind -------------------------------------------------
+
+# What freshrec writes in checkpoints/, by kind (fit, remember_holdout, train_with_torchrun).
+CHECKPOINT_KINDS = {
+    "challenger": re.compile(r"challenger-[0-9a-f]+\.pt"),
+    "served": re.compile(r"challenger-[0-9a-f]+\.served\.pt"),
+    "progress": re.compile(r"training-[0-9a-f]+\.pt"),
+    "torchrun": re.compile(r"torchrun-[0-9a-f]+"),
+}
+DELETING = ".deleting-"  # a folder is renamed to .<name>.deleting-<pid>-<random> before it is removed
+UNFINISHED = "unfinished deletion"  # the kind of such a folder left by a pruning that died
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    kind: str  # a CHECKPOINT_KINDS key, "champion" (an entry of the champion cache) or UNFINISHED
+    mtime: float  # its newest change (a folder: of anything in it)
+    size: int  # bytes (a folder: its files together)
+
+
+@dataclass(frozen=True)
+class Pruning:
+    deleted: list[ModelFile]
+    failed: list[tuple[ModelFile, str]]  # and why
+
+
+def files_to_prune(files: list[ModelFile], protected: set[Path], keep: int, in_use_since: float) -> list[ModelFile]:
+    """The model files to delete, oldest first: of each kind those beyond the newest ``keep`` by
+    mtime, except a protected path (or a folder holding one) and anything changed since
+    ``in_use_since`` (a run may be using it). Of an unfinished deletion none is kept."""
+    doomed = []
+    for kind in {f.kind for f in files}:
+        newest_first = sorted((f for f in files if f.kind == kind), key=lambda f: (f.mtime, str(f.path)), reverse=True)
+        doomed += [
+            f for f in newest_first[0 if kind == UNFINISHED else keep:]
+            if f.mtime < in_use_since and not any(p == f.path or f.path in p.parents for p in protected)
+        ]
+    return sorted(doomed, key=lambda f: (f.mtime, str(f.path)))
+
+
+def model_files(settings: Settings, champion_cache: bool = True) -> list[ModelFile]:
+    """The files and folders freshrec writes in checkpoints/ and (with ``champion_cache``) the
+    champion cache entries of settings.registered_model_name; links and other names are left out."""
+    places = [(settings.checkpoints_dir, CHECKPOINT_KINDS)]
+    if champion_cache:
+        places.append((settings.home / "cache", {"champion": re.compile(re.escape(settings.registered_model_name) + r"-v\d+")}))
+    found = []
+    for folder, kinds in places:
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            kind = next((k for k, pattern in kinds.items() if pattern.fullmatch(entry.name)), None)
+            if entry.name.startswith(".") and DELETING in entry.name:
+                kind = UNFINISHED
+            if kind is None or entry.is_symlink():
+                continue
+            try:
+                found.append(ModelFile(Path(entry.path), kind, *_newest_change_and_size(Path(entry.path))))
+            except OSError:  # removed meanwhile
+                continue
+    return found
+
+
+def _newest_change_and_size(path: Path) -> tuple[float, int]:
+    stat = path.lstat()
+    if not path.is_dir():
+        return stat.st_mtime, stat.st_size
+    newest, size = stat.st_mtime, 0
+    for folder, subfolders, files in os.walk(path):  # links are not followed
+        for name in subfolders:
+            newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+        for name in files:
+            inside = os.lstat(os.path.join(folder, name))
+            newest, size = max(newest, inside.st_mtime), size + inside.st_size
+    return newest, size
+
+
+def prune(settings: Settings, protected: set[Path], in_use_since: float, champion_cache: bool = True) -> Pruning:
+    """Delete what files_to_prune selects, keeping settings.keep_model_files of each kind; a
+    deletion that fails is reported, and the others go on."""
+    def absolute(path: Path) -> Path:
+        return Path(os.path.abspath(path))  # links not resolved: a link is deleted, never its target
+
+    files = [replace(f, path=absolute(f.path)) for f in model_files(settings, champion_cache)]
+    deleted, failed = [], []
+    for doomed in files_to_prune(files, {absolute(p) for p in protected}, settings.keep_model_files, in_use_since):
+        try:
+            _remove(doomed.path)
+            deleted.append(doomed)
+        except OSError as error:  # permissions, or another run deleted it first
+            failed.append((doomed, f"{type(error).__name__}: {error.strerror or error}"))
+    return Pruning(deleted, failed)
+
+
+def _remove(path: Path) -> None:
+    """A folder is first renamed out of the way, so a removal that dies half-way never leaves
+    what looks like a whole cache entry (fetch_champion trusts one that exists)."""
+    if not path.is_dir():
+        path.unlink()
+        return
+    if not path.name.startswith("."):
+        path = path.rename(path.with_name(f".{path.name}{DELETING}{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+    shutil.rmtree(path)
+
+
 @task(name="assemble-training-data", retries=1, cache_policy=NO_CACHE)
 def assemble_training_data(
     settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
@@ -511,3 +623,34 @@ def remember_evaluated_holdout(challenger: Challenger, data: TrainingData) -> Ch
     served = remember_holdout(challenger, data)
     get_run_logger().info("the %d held-out rows join the challenger's user histories", len(data.holdout))
     return served
+
+
+@task(name="prune-model-files", cache_policy=NO_CACHE)
+def prune_model_files(settings: Settings) -> Pruning | None:
+    """Delete model files beyond the newest settings.keep_model_files of each kind. Kept: the
+    files of versions with an alias (champion, previous-champion), init_checkpoint_path, and all
+    changed since this run began or within the batch lease (another run may be training)."""
+    logger = get_run_logger()
+    # Pruning only frees disk: whatever goes wrong is logged, and the run's outcome stands.
+    try:
+        context, now = FlowRunContext.get(), time.time()
+        began = context.flow_run.start_time.timestamp() if context and context.flow_run.start_time else now
+        protected = {settings.init_checkpoint_path} if settings.init_checkpoint_path else set()
+        try:
+            protected |= {cached_checkpoint_path(settings, version) for version in aliased_versions(settings).values()}
+            champion_cache = True
+        except Exception as error:  # which versions carry an alias is unknown: their cache stays
+            logger.warning("the champion cache is not pruned: the registry did not answer (%s: %s)", type(error).__name__, error)
+            champion_cache = False
+        pruning = prune(settings, protected, min(began, now - settings.batch_lease_seconds), champion_cache)
+    except Exception as error:
+        logger.warning("model files not pruned: %s: %s", type(error).__name__, error)
+        return None
+    for failed, why in pruning.failed:
+        logger.warning("could not delete %s (%s): %s", failed.path, failed.kind, why)
+    if pruning.deleted:
+        logger.info(
+            "deleted %d model file(s), %s bytes, keeping the newest %d of each kind: %s", len(pruning.deleted),
+            f"{sum(f.size for f in pruning.deleted):,}", settings.keep_model_files, ", ".join(f.path.name for f in pruning.deleted),
+        )
+    return pruning

@@ -3,6 +3,7 @@ crash losing a batch, an unreadable file vanishing, rows unaccounted for."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -194,3 +195,107 @@ def test_two_runs_validating_one_received_batch_at_once_record_it_once(settings)
     (record,) = [r for r in ledger.all_batches(ledger.connect(settings.ledger_url)) if r.id == landed.batch_id]
     assert record.status == "accepted" and record.rows_accepted == record.rows_in > 0
     assert outcomes == [("accepted", record.rows_accepted)] * 2
+
+
+# --- landing files already hashed are not read again ----------------------------------------------
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tasks import ingest  # noqa: E402
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The names of the landing files hashed, in order."""
+    names: list[str] = []
+    real = ingest.sha256_of
+
+    def counting(path: Path) -> str:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(ingest, "sha256_of", counting)
+    return names
+
+
+@pytest.fixture
+def files_aged(monkeypatch) -> None:
+    """As if the landing files were written long before each run (a test cannot set ctime back)."""
+    monkeypatch.setattr(ingest, "HASH_CACHE_MIN_AGE_SECONDS", 0.0)
+
+
+def test_a_second_run_does_not_read_files_it_hashed_before(settings, hashed, files_aged):
+    # Risk: every run reading every landing file in full, so an update costs O(all data).
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    ingest_all(settings)
+    assert sorted(hashed) == sorted(p.name for p in settings.landing_dir.iterdir())
+    hashed.clear()
+    assert find_new_files(settings) == [] and hashed == []
+    (settings.landing_dir / "interactions-week000.csv").unlink()
+    assert find_new_files(settings) == [] and hashed == []
+    cached = json.loads((settings.home / ingest.LANDING_HASHES).read_text())["files"]
+    assert sorted(cached) == sorted(p.name for p in settings.landing_dir.iterdir())  # a file gone drops out
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_hashed_again_and_is_a_new_batch(settings, hashed, files_aged):
+    # Risk: a producer rewriting a file in place (same size, times preserved, e.g. rsync -t or
+    # cp -p) and the cached digest hiding the new content for good.
+    write_weeks(settings.landing_dir, range(0, 1), config=TINY_SHOP)
+    ingest_all(settings)
+    path = settings.landing_dir / "interactions-week000.csv"
+    before = path.stat()
+    header, *lines = path.read_bytes().splitlines(keepends=True)
+    time.sleep(0.05)  # past the file system's timestamp tick
+    path.write_bytes(header + b"".join(reversed(lines)))  # the same rows in another order: same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns) and after.st_ctime_ns != before.st_ctime_ns
+    hashed.clear()
+    (landed,) = find_new_files(settings)
+    assert hashed == [path.name]  # the other files are not read again
+    assert landed.file_name == path.name and landed.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    records = [r for r in ledger.all_batches(ledger.connect(settings.ledger_url)) if r.file_name == path.name]
+    assert len(records) == 2 and landed.batch_id == max(r.id for r in records)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe\x00",
+        b'{"files": []}',
+        b'["files"]',
+        b'{"files": {"interactions-week000.csv": {"stat": [1, 2, 3, "4"], "sha256": "' + b"0" * 64 + b'"}}}',
+        b'{"files": {"interactions-week000.csv": {"stat": [1, 2, 3, 4], "sha256": "not a digest"}}}',
+    ],
+)
+def test_a_corrupt_hash_cache_is_ignored_and_written_again(settings, hashed, files_aged, caplog, content):
+    # Risk: a cache torn by a full disk or a hand edit failing every run, or being trusted.
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    ingest_all(settings)
+    records = ledger.all_batches(ledger.connect(settings.ledger_url))
+    cache_path = settings.home / ingest.LANDING_HASHES
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(content)
+    hashed.clear()
+    with caplog.at_level(logging.WARNING, logger="tasks.ingest"):
+        assert find_new_files(settings) == []
+    assert "cannot be used" in caplog.text
+    assert sorted(hashed) == sorted(p.name for p in settings.landing_dir.iterdir())  # all hashed again, nothing else changed
+    assert ledger.all_batches(ledger.connect(settings.ledger_url)) == records
+    hashed.clear()
+    assert find_new_files(settings) == [] and hashed == []  # the cache was written again, whole
+
+
+def test_a_file_changed_moments_before_the_run_is_hashed_again_by_the_next(settings, hashed):
+    # Risk: a write in the same timestamp tick as the hashing leaving the stat unchanged, and the
+    # cached digest hiding it (the cache keeps only files older than HASH_CACHE_MIN_AGE_SECONDS).
+    write_weeks(settings.landing_dir, range(0, 1), config=TINY_SHOP)
+    find_new_files(settings)
+    hashed.clear()
+    find_new_files(settings)
+    assert sorted(hashed) == sorted(p.name for p in settings.landing_dir.iterdir())
