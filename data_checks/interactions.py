@@ -255,11 +255,25 @@ def naive_time_count(raw: pd.DataFrame) -> int:
 
 @dataclass(frozen=True)
 class ParseCount:
-    """How many present values of a column failed to parse, and one of them."""
+    """How many present values of a column failed to parse, and the first of them (by row)."""
 
     present: int
     failed: int
     example: str | None
+    example_at: int | None = None  # the example's row (index label), so parts merge to the batch's first
+
+
+def merge_parse_counts(parts: list[dict[str, ParseCount]]) -> dict[str, ParseCount]:
+    """The parse counts of a batch from those of its parts (disjoint rows, one index)."""
+    merged = {}
+    for column in parts[0]:
+        counts = [part[column] for part in parts]
+        first = min((c for c in counts if c.example is not None), key=lambda c: c.example_at, default=None)
+        merged[column] = ParseCount(
+            sum(c.present for c in counts), sum(c.failed for c in counts),
+            first.example if first else None, first.example_at if first else None,
+        )
+    return merged
 
 
 @dataclass
@@ -276,7 +290,10 @@ def parse_counts(raw: pd.DataFrame, typed: pd.DataFrame) -> dict[str, ParseCount
     for column in (c for c in (*NUMERIC_COLUMNS, "event_time") if c in raw.columns):
         present = raw[column].notna() & (raw[column].str.strip() != "")
         failed = present & typed[column].isna()
-        counts[column] = ParseCount(int(present.sum()), int(failed.sum()), raw.loc[failed, column].iloc[0] if failed.any() else None)
+        failing = raw.loc[failed, column]
+        counts[column] = ParseCount(
+            int(present.sum()), int(failed.sum()), failing.iloc[0] if len(failing) else None, failing.index[0] if len(failing) else None,
+        )
     return counts
 
 
@@ -301,12 +318,19 @@ def partition_by_order(raw: pd.DataFrame, partitions: int) -> list[pd.DataFrame]
     """
     if partitions <= 1 or len(raw) == 0:
         return [raw]
+    part = part_of(raw, partitions)
+    return [raw[part == p] for p in range(partitions) if (part == p).any()]
+
+
+def part_of(raw: pd.DataFrame, partitions: int) -> np.ndarray:
+    """Each row's part (0 to ``partitions`` - 1) by its order: a function of the row's order id
+    alone, so every line of an order lands in one part whatever rows it arrives with (a chunk of
+    a file is split as the whole file would be: data_checks/chunked.py)."""
     # A row without an order (a view, or a source without orders) goes by its user: identical
     # rows stay together, and no cross-row rule reads across users.
     users = "\x00" + raw["user_id"].fillna("").str.strip()
     keys = raw["order_id"].str.strip().fillna(users) if "order_id" in raw.columns else users
-    part = pd.util.hash_pandas_object(keys, index=False).to_numpy() % partitions
-    return [raw[part == p] for p in range(partitions) if (part == p).any()]
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy() % partitions
 
 
 def check_partition(raw: pd.DataFrame, limits: ContractLimits) -> PartitionChecks:
@@ -373,15 +397,7 @@ def validate_interactions(
         return rejected(raw, reasons, empty_interactions(), ge_result=ge_result)
     raw = raw.reset_index(drop=True)  # the partitions' rows go back in this order
     parts = check(partition_by_order(raw, partitions), limits)
-    counts = {
-        column: ParseCount(
-            sum(p.parse_counts[column].present for p in parts),
-            sum(p.parse_counts[column].failed for p in parts),
-            next((p.parse_counts[column].example for p in parts if p.parse_counts[column].example is not None), None),
-        )
-        for column in parts[0].parse_counts
-    }
-    wrong_types = wrong_type_columns(counts)
+    wrong_types = wrong_type_columns(merge_parse_counts([p.parse_counts for p in parts]))
     if wrong_types:
         return rejected(raw, wrong_types, empty_interactions())
     typed = pd.concat([p.typed for p in parts]).sort_index() if len(parts) > 1 else parts[0].typed

@@ -77,17 +77,23 @@ def read_landing_bytes(data: bytes, name: str, encoding: str = "utf-8") -> tuple
     return pd.read_csv(io.StringIO(text), dtype="string", keep_default_na=False, na_values=[""]), notes
 
 
-def parquet_as_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def whole_numbers(values: pd.Series) -> bool:
+    """Whether every present value of a float column is a whole number a float64 holds exactly."""
+    present = values.dropna()
+    return bool(np.isfinite(present).all() and (present == np.floor(present)).all() and (present.abs() < EXACT_FLOAT_INTEGER).all())
+
+
+def parquet_as_text(frame: pd.DataFrame, whole_float_ids: frozenset[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Typed Parquet columns as the text a CSV would hold. Ids stored as numbers are written as
     their decimal text (a float id of 17850.0 as "17850"), and a note says so: Parquet cannot
     keep a leading zero the source had, so ids belong in string columns. Times without a zone
-    are read as UTC, and a note says that too."""
+    are read as UTC, and a note says that too. ``whole_float_ids``: the float id columns holding
+    whole numbers only, when ``frame`` is a part of the file (decided on the whole column)."""
     notes, text = [], pd.DataFrame(index=frame.index)
     for column in frame.columns:
         values = frame[column]
         if pd.api.types.is_float_dtype(values) and column in KEY_COLUMNS:
-            present = values.dropna()
-            whole = bool(np.isfinite(present).all() and (present == np.floor(present)).all() and (present.abs() < EXACT_FLOAT_INTEGER).all())
+            whole = whole_numbers(values) if whole_float_ids is None else column in whole_float_ids
             if whole:
                 values = values.astype("Int64")
                 notes.append(f"{column} is a float column: whole numbers read without '.0' (store ids as strings)")

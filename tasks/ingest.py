@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from prefect import get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from data_checks import chunked
 from data_checks.catalog import validate_catalog
 from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_PREFIX
 from data_checks.interactions import (
@@ -352,9 +354,19 @@ def _sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions = check_here) -> BatchValidation:
     """Validate one landed file, write its accepted rows, quarantine and reports, record the outcome.
     The bytes read are hashed and must be the content registered; those same bytes are parsed.
-    An interactions file is checked in ``settings.validation_partitions`` partitions by ``check``."""
+    An interactions file is checked in ``settings.validation_partitions`` partitions by ``check``;
+    one of more than ``settings.validation_chunk_rows`` records in pieces (`_validate_in_pieces`)."""
     if landed.kind == "ignored":
         return BatchValidation(landed.batch_id, landed.file_name, "ignored", 0, 0, 0, [landed.reason], None, None, kind="ignored")
+    if landed.kind == "interactions":
+        try:
+            records = chunked.more_records_than(Path(landed.path), settings.validation_chunk_rows)
+        except OSError:
+            records = None  # the read below records why it cannot be read
+        if records is not None:
+            outcome = _validate_in_pieces(landed, settings, check, records)
+            if outcome is not None:
+                return outcome
     try:
         data = Path(landed.path).read_bytes()
     except OSError as error:  # removed or made unreadable since it was registered
@@ -395,6 +407,39 @@ def validate_file(landed: LandedFile, settings: Settings, check: CheckPartitions
         return _write_outcome(landed, result, notes, settings)
 
 
+def _validate_in_pieces(landed: LandedFile, settings: Settings, check: CheckPartitions, records: int) -> BatchValidation | None:
+    """An interactions file of ``records`` records (more than ``settings.validation_chunk_rows``)
+    validated in pieces in bounded memory (data_checks/chunked.py), with the outcome of one piece,
+    through spill files in the home removed after. None when its records or columns cannot be
+    trusted (the parser fails, the counts disagree, the columns are not the contract's): the
+    one-piece path below reads it again and rejects it whole, as it always has."""
+    spill_root = settings.home / "tmp"
+    spill_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"validation-{landed.batch_id:06d}-", dir=spill_root) as folder:
+        pieces = chunked.pieces_for(records, settings.validation_chunk_rows)
+        try:
+            spilled = chunked.spill_landing(Path(landed.path), settings.landing_encoding, pieces, Path(folder))
+        except Exception as error:  # unreadable or unparsable: what the one-piece path reports
+            logger.info("%s is read whole: it does not stream (%s: %s)", landed.file_name, type(error).__name__, _one_line(error))
+            return None
+        if landed.sha256 and spilled.sha256 != landed.sha256:
+            return _record_ignored(landed, settings, "changed after it was registered (still being written?): its new content is a new batch")
+        if spilled.records != spilled.rows or not chunked.schema_fits(spilled):
+            return None
+        with locked(settings.accepted_dir / "row-fingerprints"):  # as in validate_file
+            recorded = ledger.batch(ledger.connect(settings.ledger_url), landed.batch_id)
+            if recorded is not None and recorded.status != "received":
+                return validation_of(recorded)
+            result = chunked.validate_pieces(
+                spilled, Path(folder), settings.max_bad_row_share, contract_limits(settings), check, settings.validation_partitions,
+                earlier_batches(settings, landed.batch_id), fingerprints=bool(settings.duplicate_window_days),
+            )
+            notes = spilled.notes
+            if result.naive_times:
+                notes = [*notes, f"{result.naive_times:,} event_time value(s) carry no UTC offset: read as UTC"]
+            return _write_piece_outcome(landed, result, notes, settings)
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())[:300]
 
@@ -426,6 +471,29 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
             _write_array(np.unique(row_fingerprints(result.accepted).to_numpy()), fingerprints_path(accepted_path))
     report_path = _write_reports(stem, landed.file_name, result, notes, settings)
     times = result.accepted["event_time"] if result.rows_accepted and "event_time" in result.accepted else pd.Series(dtype="datetime64[ns, UTC]")
+    first, last = (times.min(), times.max()) if len(times) else (None, None)
+    return _record_result(landed, result, notes, settings, accepted_path, quarantine_path, report_path, first, last)
+
+
+def _write_piece_outcome(landed: LandedFile, result: chunked.PieceResult, notes: list[str], settings: Settings) -> BatchValidation:
+    """As `_write_outcome`, the rows streamed from the pieces' spill files in the file's row order."""
+    stem = output_stem(landed.batch_id, landed.file_name)
+    accepted_path = quarantine_path = None
+    if result.rows_quarantined:
+        quarantine_path = str(_write_merged(result.quarantined, settings.quarantine_dir / f"{stem}.parquet", result.quarantine_reason))
+    if result.rows_accepted:
+        accepted_path = str(_write_merged(result.accepted, settings.accepted_dir / f"{stem}.parquet"))
+        if settings.duplicate_window_days:
+            _write_array(np.unique(result.fingerprints), fingerprints_path(accepted_path))
+    report_path = _write_reports(stem, landed.file_name, result, notes, settings)
+    return _record_result(landed, result, notes, settings, accepted_path, quarantine_path, report_path, result.min_event_time, result.max_event_time)
+
+
+def _record_result(
+    landed: LandedFile, result: ValidationResult | chunked.PieceResult, notes: list[str], settings: Settings,
+    accepted_path: str | None, quarantine_path: str | None, report_path: Path, first: pd.Timestamp | None, last: pd.Timestamp | None,
+) -> BatchValidation:
+    """The outcome in the ledger, and as the rest of the workflow sees it."""
     reasons = notes + result.reasons
     status = status_of(result)
     ledger.record_outcome(
@@ -438,14 +506,14 @@ def _write_outcome(landed: LandedFile, result: ValidationResult, notes: list[str
         "; ".join(reasons),
         accepted_path,
         quarantine_path,
-        times.min().to_pydatetime() if len(times) else None,
-        times.max().to_pydatetime() if len(times) else None,
+        first.to_pydatetime() if first is not None else None,
+        last.to_pydatetime() if last is not None else None,
         str(report_path),
     )
     return BatchValidation(
         landed.batch_id, landed.file_name, status, result.rows_in, result.rows_accepted,
         result.rows_quarantined, reasons, accepted_path, quarantine_path, str(report_path), rule_table(result), landed.kind,
-        times.max().to_pydatetime() if len(times) else None,
+        last.to_pydatetime() if last is not None else None,
     )
 
 
@@ -492,6 +560,15 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_beside(path)
     frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def _write_merged(spills: list[chunked.SpillWriter], path: Path, reason: str | None = None) -> Path:
+    """The spills' rows in row order, written beside the target and renamed (as `_write_parquet`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path)
+    chunked.write_merged(spills, tmp, reason)
     tmp.replace(path)
     return path
 
