@@ -2,11 +2,17 @@
 
     python benchmarks/training.py --device cpu --batch-size 512 --out benchmarks/results/training_cpu.json
     python benchmarks/training.py --device cuda --batch-size 16384 --compile --out benchmarks/results/training_gpu.json
+    python benchmarks/training.py --device cpu --sized --users 100000 --items 100000 --batch-size 1024 \
+        --out benchmarks/results/training_cpu_100k_items.json
 
 Trains from scratch on `--weeks` weeks of a larger synthetic shop, then fine-tunes on the next
 (drifted) week from that model, and prints seconds per epoch, interactions per second and
 Recall@20 on the week after. The item tower uses MiniLM title vectors (encoded before the clock
 starts); `--no-text` leaves them out, so only numpy, pandas and torch are needed on a bare GPU box.
+
+`--sized` times training alone at a catalog and user base of any size: `--rows` interactions an
+epoch drawn with numpy in seconds (see ``sized_shop``), no fine-tune and no recall. It prints
+interactions per second of the steady epochs (all but the first) and the process's peak memory.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,13 +33,95 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
-from models.train import TrainConfig, pick_device, prepare, train  # noqa: E402
+from models.train import Recommender, TrainConfig, pick_device, prepare, train, uses_sparse_tables  # noqa: E402
+from models.two_tower import ModelArgs, TwoTower  # noqa: E402
+from models.vocab import Vocabulary  # noqa: E402
+
+ZIPF_EXPONENT = 1.0  # the k-th most popular item is bought in proportion to 1 / k ** this
+SIZED_CATEGORIES = 200
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def sized_shop(n_users: int, n_items: int, n_rows: int, config: TrainConfig, seed: int = 0) -> tuple[Recommender, pd.DataFrame]:
+    """A prepared model of ``n_users`` users and ``n_items`` items (row 0 of them padding) and
+    ``n_rows`` (user_id, item_id) rows to train it on: users drawn uniformly, items by Zipf-like
+    popularity, every user's history full, random title vectors, categories and prices.
+
+    Built directly rather than by ``models.train.prepare``: its per-user history merge and basket
+    memory would take far longer than the training at millions of users, and training reads
+    neither the memory nor anything else ``prepare`` adds."""
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(1.0 / np.arange(1, n_items) ** ZIPF_EXPONENT)
+    cdf /= cdf[-1]
+
+    def draw_items(size) -> np.ndarray:  # item rows 1 .. n_items - 1 by popularity
+        return 1 + np.minimum(np.searchsorted(cdf, rng.random(size)), n_items - 2)
+
+    torch.manual_seed(config.seed)
+    model = TwoTower(ModelArgs(n_users, n_items, SIZED_CATEGORIES + 1, config.dim, config.history_length, repeat_slots=0, neighbours=0))
+    with torch.no_grad():
+        model.user_history.copy_(torch.as_tensor(draw_items((n_users, config.history_length))))
+        model.item_category.copy_(torch.as_tensor(rng.integers(1, SIZED_CATEGORIES + 1, n_items)))
+        model.item_log_price.copy_(torch.as_tensor(rng.normal(1.0, 1.0, n_items), dtype=torch.float32))
+        text = torch.as_tensor(rng.standard_normal((n_items, model.args.text_dim), dtype=np.float32))
+        model.item_text.copy_(torch.nn.functional.normalize(text, dim=-1))  # title vectors are unit length
+    users = Vocabulary([f"u{i}" for i in range(n_users)])
+    items = Vocabulary([f"i{i}" for i in range(1, n_items)], reserved=1)
+    categories = Vocabulary([f"c{i}" for i in range(1, SIZED_CATEGORIES + 1)], reserved=1)
+    rows = pd.DataFrame({
+        "user_id": np.asarray(users.ids, dtype=object)[rng.integers(0, n_users, n_rows)],
+        "item_id": np.asarray(items.ids, dtype=object)[draw_items(n_rows) - 1],
+    })
+    recommender = Recommender(model, users, items, categories, rows["item_id"].value_counts(), config)
+    return recommender, rows
+
+
+def sized(args: argparse.Namespace, device: torch.device) -> dict:
+    """Training throughput alone on ``sized_shop``: see the module's docstring."""
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=str(device), learning_rate=0.01, compile=args.compile)
+    started = time.perf_counter()
+    recommender, rows = sized_shop(args.users, args.items, args.rows, config)
+    print(f"generated {args.users:,} users, {args.items:,} items, {len(rows):,} rows in {time.perf_counter() - started:.1f}s", flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trained = train(recommender, rows, progress=False)
+    seconds = [h["seconds"] for h in trained.history]
+    steady = sum(seconds[1:]) / max(1, len(seconds) - 1)
+    return {
+        "machine": machine(device),
+        "device": device.type,
+        "users": args.users,
+        "items": args.items,
+        "rows_per_epoch": len(rows),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "embedding_dim": config.dim,
+        "history_length": config.history_length,
+        "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+        "compiled": args.compile and not uses_sparse_tables(trained.model.args, world=1),
+        "sparse_tables": uses_sparse_tables(trained.model.args, world=1),
+        "first_epoch_seconds": round(seconds[0], 3),
+        "steady_epoch_seconds": round(steady, 3),
+        "interactions_per_second": round(len(rows) / steady),
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_is": peak_memory_is(device),
+        "loss_by_epoch": [round(h["loss"], 4) for h in trained.history],
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def peak_memory_is(device: torch.device) -> str:
+    return "GPU memory allocated by torch" if device.type == "cuda" else "resident memory of the process"
 
 
 def main() -> None:
@@ -46,10 +135,15 @@ def main() -> None:
     parser.add_argument("--orders-per-week", type=int, default=12_000)
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
     parser.add_argument("--no-text", action="store_true", help="leave title vectors out of the item tower")
+    parser.add_argument("--sized", action="store_true", help="time training alone on a numpy-drawn shop of --users x --items")
+    parser.add_argument("--rows", type=int, default=500_000, help="with --sized: interactions an epoch")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     device = pick_device(args.device)
+    if args.sized:
+        write(sized(args, device), args.out)
+        return
     shop = SyntheticShop(0, ShopConfig(n_users=args.users, n_items=args.items, n_new_items=args.items // 5, orders_per_week=args.orders_per_week))
     started = time.perf_counter()
     history = pd.concat([shop.week(w) for w in range(args.weeks)], ignore_index=True)
@@ -88,21 +182,22 @@ def main() -> None:
         "first_epoch_seconds": round(scratch_seconds[0], 3),
         "steady_epoch_seconds": round(sum(scratch_seconds[1:]) / max(1, len(scratch_seconds) - 1), 3),
         "interactions_per_second": round(len(history) / (sum(scratch_seconds[1:]) / max(1, len(scratch_seconds) - 1))),
-        "peak_memory_mb": round(
-            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-        ),
-        "peak_memory_is": "GPU memory allocated by torch" if device.type == "cuda" else "resident memory of the process",
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_is": peak_memory_is(device),
         "final_loss": round(scratch.history[-1]["loss"], 4),
         "recall_at_20_next_week_scratch": round(scratch_recall, 4),
         "finetune_seconds": round(sum(h["seconds"] for h in tuned.history), 3),
         "recall_at_20_after_drift_champion": round(evaluate(scratch, after, users_after, 20).recall, 4),
         "recall_at_20_after_drift_finetuned": round(evaluate(tuned, after, users_after, 20).recall, 4),
     }
+    write(result, args.out)
+
+
+def write(result: dict, out: Path | None) -> None:
     print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

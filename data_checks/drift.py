@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
@@ -140,16 +143,22 @@ def detect_drift(
     report_path: Path | None,
     sample_rows: int | None = None,
     seed: int = 0,
+    whole_batch: tuple[int, float, float] | None = None,
 ) -> DriftResult:
     """Run Evidently's drift preset on the columns both sides can speak of (see
     `monitored_columns`) and read its result by metric type and column name. With
     ``sample_rows``, a larger batch is compared by whole orders drawn up to that many rows (see
-    `reference_sample`); the shares of unseen items and users are always of the whole batch."""
-    unseen_items = float((~current["item_id"].isin(counts.items.index)).mean()) if len(current) else 0.0
-    unseen_users = float((~current["user_id"].isin(counts.users.index)).mean()) if len(current) else 0.0
-    rows = len(current)
-    if sample_rows is not None and len(current) > sample_rows:
-        current = reference_sample(current, sample_rows, seed)
+    `reference_sample`); the shares of unseen items and users are always of the whole batch.
+    ``whole_batch`` (rows, unseen item share, unseen user share): ``current`` is already the
+    sample of a batch read elsewhere (tasks/monitor.py), and these are the whole batch's figures."""
+    if whole_batch is not None:
+        rows, unseen_items, unseen_users = whole_batch
+    else:
+        rows = len(current)
+        unseen_items = int((~current["item_id"].isin(counts.items.index)).sum()) / rows if rows else 0.0
+        unseen_users = int((~current["user_id"].isin(counts.users.index)).sum()) / rows if rows else 0.0
+        if sample_rows is not None and rows > sample_rows:
+            current = reference_sample(current, sample_rows, seed)
     current_features, reference_features = drift_features(current, counts), drift_features(reference, counts)
     numerical, categorical = monitored_columns(current_features, reference_features)
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
@@ -179,12 +188,45 @@ def detect_drift(
     )
 
 
+def detect_file_drift(
+    path: str | Path, reference: pd.DataFrame, counts: ChampionCounts, report_path: Path | None, sample_rows: int, seed: int
+) -> DriftResult:
+    """`detect_drift` of an accepted Parquet file, with the result of reading it whole and
+    sampling it (``sample_rows``). A larger file is held as Arrow (compact), its sample of whole
+    orders chosen from three columns, and only the sample becomes a DataFrame: memory follows
+    the sample, not the batch."""
+    table = pq.read_table(path)
+    if table.num_rows <= sample_rows:
+        return detect_drift(table.to_pandas(), reference, counts, report_path)
+    keys = table.select([c for c in ("user_id", "order_id", "event_time") if c in table.column_names]).to_pandas()
+    keep = order_sample(keys, sample_rows, seed)
+    del keys
+    whole = (
+        table.num_rows,
+        (table.num_rows - pc.sum(is_in(table["item_id"], counts.items.index)).as_py()) / table.num_rows,
+        (table.num_rows - pc.sum(is_in(table["user_id"], counts.users.index)).as_py()) / table.num_rows,
+    )
+    return detect_drift(table.filter(pa.array(keep)).to_pandas(), reference, counts, report_path, whole_batch=whole)
+
+
+def is_in(column: pa.ChunkedArray, ids: pd.Index) -> pa.ChunkedArray:
+    """Which values of an Arrow string column are among ``ids`` (False where null)."""
+    return pc.fill_null(pc.is_in(column, value_set=pa.array(ids.astype(str).to_numpy(), type=column.type)), False)
+
+
 def reference_sample(interactions: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     """Whole orders drawn at random until about ``max_rows`` rows, so basket sizes stay true;
     a row without an order is drawn with the rest of its user's day."""
     interactions = with_contract_columns(interactions)
-    groups = interactions["user_id"] + "\x00" + basket_keys(interactions)  # an order id names one user
+    return interactions[order_sample(interactions, max_rows, seed)].reset_index(drop=True)
+
+
+def order_sample(keys: pd.DataFrame, max_rows: int, seed: int) -> np.ndarray:
+    """Which rows `reference_sample` keeps, from the rows' user_id, order_id and event_time
+    alone (a large batch's other columns need not be read to choose them)."""
+    keys = with_contract_columns(keys)
+    groups = keys["user_id"] + "\x00" + basket_keys(keys)  # an order id names one user
     orders = groups.drop_duplicates().sample(frac=1.0, random_state=seed)
     sizes = groups.value_counts().reindex(orders)
     keep = sizes.index[sizes.cumsum() <= max_rows]
-    return interactions[groups.isin(keep).to_numpy()].reset_index(drop=True)
+    return groups.isin(keep).to_numpy()

@@ -36,6 +36,9 @@ class SliceMetrics:
         return {name: self.value(name) for name in (*METRICS, "coverage")} | {"users": self.users}
 
 
+SCORE_ELEMENTS = 2**24  # scores held at once when ranking: 64 MB of float32
+
+
 def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Item ids and scores of the k best items per user, ranked over the whole item table. Users
     the model never saw get the most popular items of its training data, scored by their share
@@ -50,14 +53,27 @@ def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 20
     known_rows = np.flatnonzero(known)
     model = recommender.model
     device = next(model.parameters()).device  # also scores a model while it trains on a GPU
+    # A chunk's scores are (users, items): bounded to SCORE_ELEMENTS floats, whatever the catalog.
+    chunk = max(1, min(chunk, SCORE_ELEMENTS // len(recommender.items)))
+    with torch.no_grad():
+        table = model.item_vectors() if len(known_rows) else None  # once, not once per chunk
     for start in range(0, len(known_rows), chunk):
         rows = known_rows[start : start + chunk]
         with torch.no_grad():
-            best = model.score_all(torch.as_tensor(users[rows], device=device)).topk(min(k, len(recommender.items) - 1), dim=1)
+            best = model.score_all(torch.as_tensor(users[rows], device=device), table).topk(min(k, len(recommender.items) - 1), dim=1)
         n = best.indices.shape[1]
         item_ids[rows, :n] = recommender.items.decode(best.indices.cpu().numpy())
         scores[rows, :n] = best.values.float().cpu().numpy()
     return item_ids, scores
+
+
+def user_sample(ids: pd.Index, n: int) -> pd.Index:
+    """The ``n`` of ``ids`` (all when fewer) with the smallest fixed hash: the same ids always
+    give the same users, and no user is favoured by its name's order or its activity."""
+    if len(ids) <= n:
+        return ids
+    hashes = pd.util.hash_pandas_object(pd.Series(ids, dtype=object), index=False).to_numpy()
+    return ids[np.argsort(hashes, kind="stable")[:n]]
 
 
 def relevant_sets(interactions: pd.DataFrame, eval_users: pd.Index) -> pd.Series:
@@ -73,13 +89,18 @@ def evaluate(
     k: int,
     catalog_size: int | None = None,
     target_event: str | None = None,
+    max_users: int | None = None,
 ) -> SliceMetrics:
     """Recall, NDCG, hit rate and MRR at K, and catalog coverage, on ``holdout``: the relevant
     set of a user is the distinct items they had the ``target_event`` with in it (default: the
     model's own target, a purchase unless configured); only ``eval_users`` (users the system
     knew before the slice) are scored. Coverage counts against ``catalog_size`` (default: the
-    items the model can rank), so two models can be compared on the same denominator."""
+    items the model can rank), so two models can be compared on the same denominator. With
+    ``max_users``, a slice with more users to score is scored on that many of them, the same
+    ones for every model (`user_sample`): its cost stops growing with the shop."""
     relevant = relevant_sets(of_type(holdout, target_event or recommender.config.target_event), eval_users)
+    if max_users is not None and len(relevant) > max_users:
+        relevant = relevant[relevant.index.isin(user_sample(relevant.index, max_users))]
     if relevant.empty:
         return SliceMetrics(recall=0.0, ndcg=0.0, users=0, k=k)
     ranked, _ = top_k(recommender, relevant.index.to_series(), k)

@@ -49,6 +49,10 @@ class ModelArgs:
     popularity_share: float = 0.1  # weight of recent popularity against the user's own memory
     popularity_half_life_days: float = 30.0  # half-life of a purchase in the recent popularity
     exclude_consumed: bool = False  # never recommend an item the user already consumed
+    # Neighbours are sought among at most this many users, those with the most (decayed)
+    # baskets: a user's neighbours cost a similarity to every candidate, so a shop of millions
+    # scores at the cost of one of this size. 0: every user.
+    neighbour_pool: int = 20_000
     n_consumed: int = 0  # (user, item) pairs consumed: the length of consumed_items
 
 
@@ -87,8 +91,9 @@ class TwoTower(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Vectors of ``items``, or of the whole table (row 0 is padding) when None."""
+    def item_vectors(self, items: torch.Tensor | None = None, sparse: bool = False) -> torch.Tensor:
+        """Vectors of ``items``, or of the whole table (row 0 is padding) when None. ``sparse``:
+        the id table's gradient holds only the rows of ``items``."""
         if items is None:  # the tables themselves: no lookups to differentiate through
             return (
                 self.item_embedding.weight
@@ -96,11 +101,11 @@ class TwoTower(nn.Module):
                 + self.category_embedding(self.item_category)
                 + self.price_projection(self.item_log_price.unsqueeze(-1))
             )
-        price = self.item_log_price[items].unsqueeze(-1)
+        price = _rows(self.item_log_price, items).unsqueeze(-1)
         return (
-            self.item_embedding(items)
-            + self.text_projection(self.item_text[items])
-            + self.category_embedding(self.item_category[items])
+            F.embedding(items, self.item_embedding.weight, padding_idx=0, sparse=sparse)
+            + self.text_projection(_rows(self.item_text, items))
+            + self.category_embedding(_rows(self.item_category, items))
             + self.price_projection(price)
         )
 
@@ -115,8 +120,15 @@ class TwoTower(nn.Module):
             pooled = (self.item_vectors(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.user_embedding(users) + pooled
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit user vectors of ``users`` and unit item vectors of ``items``."""
+    def forward(self, users: torch.Tensor, items: torch.Tensor, sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit user vectors of ``users`` and unit item vectors of ``items``.
+
+        ``sparse``: compute the vector of each item row the batch touches once, and nothing
+        else, and give the user and item id tables sparse gradients (the rows looked up), for an
+        optimizer that updates only those rows (models.train.LazyAdam): a step then costs the
+        same whatever the size of the tables."""
+        if sparse:
+            return self._touched_forward(users, items)
         # A batch touches len(users) * history_length + len(items) item rows. When that is more
         # than the catalog, computing every item's vector once and indexing it is cheaper than
         # computing the touched rows one by one (the common case below a few 100k items).
@@ -126,12 +138,24 @@ class TwoTower(nn.Module):
             return F.normalize(self.user_vectors(users, table), dim=-1), F.normalize(F.embedding(items, table), dim=-1)
         return F.normalize(self.user_vectors(users), dim=-1), F.normalize(self.item_vectors(items), dim=-1)
 
+    def _touched_forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        history = _rows(self.user_history, users)
+        n_slots = history.numel()
+        # Row 0 (padding) joins the touched rows, so it is row 0 of their table too and the bag
+        # skips empty history slots as it does on the whole table.
+        rows, where = torch.unique(torch.cat([history.new_zeros(1), history.flatten(), items]), return_inverse=True)
+        table = self.item_vectors(rows, sparse=True)
+        pooled = F.embedding_bag(where[1 : 1 + n_slots].view_as(history), table, mode="mean", padding_idx=0)
+        user_vec = F.embedding(users, self.user_embedding.weight, sparse=True) + pooled
+        return F.normalize(user_vec, dim=-1), F.normalize(F.embedding(where[1 + n_slots :], table), dim=-1)
+
     @torch.no_grad()
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of every real item for each user, shape (len(users), n_items); padding is -inf."""
-        all_items = torch.arange(self.args.n_items, device=users.device)
-        user_vec, item_vec = self(users, all_items)
-        scores = user_vec @ item_vec.T
+    def score_all(self, users: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every real item for each user, shape (len(users), n_items); padding is -inf.
+        ``item_table``: ``item_vectors()`` computed once for many calls (the same scores)."""
+        table = self.item_vectors() if item_table is None else item_table
+        user_vec = F.normalize(self.user_vectors(users, table), dim=-1)
+        scores = user_vec @ F.normalize(table, dim=-1).T
         if self.args.repeat_slots and float(self.memory_weight) != 0.0:
             scores += self.memory_scores(users).to(scores.dtype) * self.memory_weight
         if self.args.exclude_consumed:
@@ -197,48 +221,67 @@ class TwoTower(nn.Module):
 
     def _memory_scores(self, users: torch.Tensor) -> torch.Tensor:
         args = self.args
-        shares, matrix, norms = self._memory_state()
+        shares, matrix, norms, pool, position = self._memory_state()
         own = torch.zeros(len(users), args.n_items, device=users.device)
         own.scatter_add_(1, self.memory_items[users], shares[users])
         result = own.clone()
-        n = min(args.neighbours, args.n_users - 1)
+        candidates = args.n_users if pool is None else len(pool)
+        n = min(args.neighbours, candidates - 1)
         if n > 0 and args.neighbour_share:
-            # Similarities of a chunk of users to every user: at most ~32M floats at a time.
-            step = max(1, 2**25 // args.n_users)
+            # Similarities of a chunk of users to every candidate: at most ~32M floats at a time.
+            step = max(1, 2**25 // candidates)
             for start in range(0, len(users), step):
                 part = slice(start, start + step)
-                result[part] += args.neighbour_share * self._neighbour_mean(users[part], own[part], shares, matrix, norms, n)
+                result[part] += args.neighbour_share * self._neighbour_mean(
+                    users[part], own[part], shares, matrix, norms, n, pool, position,
+                )
         peak = float(self.item_recent.max())
         if args.popularity_share and peak > 0:
             result += (args.popularity_share / peak) * self.item_recent.unsqueeze(0)
         return result
 
-    def _neighbour_mean(self, users, own, shares, matrix, norms, n: int) -> torch.Tensor:
-        """Mean memory of each user's ``n`` most similar other users (cosine of the memories;
-        a user with nothing in common lends nothing)."""
-        similarity = torch.sparse.mm(matrix, own.T).T  # (len(users), n_users)
-        similarity /= (norms[users].unsqueeze(1) * norms.unsqueeze(0)).clamp(min=1e-12)
-        similarity[torch.arange(len(users), device=users.device), users] = float("-inf")  # not their own neighbour
+    def _neighbour_mean(self, users, own, shares, matrix, norms, n: int, pool=None, position=None) -> torch.Tensor:
+        """Mean memory of each user's ``n`` most similar other users among the candidates (every
+        user, or the ``pool``; cosine of the memories; a user with nothing in common lends nothing)."""
+        similarity = torch.sparse.mm(matrix, own.T).T  # (len(users), candidates)
+        candidate_norms = norms if pool is None else norms[pool]
+        similarity /= (norms[users].unsqueeze(1) * candidate_norms.unsqueeze(0)).clamp(min=1e-12)
+        rows = torch.arange(len(users), device=users.device)
+        if pool is None:
+            similarity[rows, users] = float("-inf")  # not their own neighbour
+        else:
+            at = position[users]
+            similarity[rows[at >= 0], at[at >= 0]] = float("-inf")
         best = similarity.topk(n, dim=1)
+        neighbours = best.indices if pool is None else pool[best.indices]
         lend = (best.values > 0).to(shares.dtype) / n  # (len(users), n)
-        items = self.memory_items[best.indices].flatten(1)  # (len(users), n * slots)
-        values = (shares[best.indices] * lend.unsqueeze(-1)).flatten(1)
+        items = self.memory_items[neighbours].flatten(1)  # (len(users), n * slots)
+        values = (shares[neighbours] * lend.unsqueeze(-1)).flatten(1)
         return torch.zeros_like(own).scatter_add_(1, items, values)
 
-    def _memory_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every user's shares (n_users, slots), the same as a sparse (n_users, n_items) matrix,
-        and its row norms: built once per state of the memory (an in-place change bumps a
-        buffer's version; moving the model makes new buffers)."""
+    def _memory_state(self) -> tuple:
+        """Every user's shares (n_users, slots), the neighbour candidates' shares as a sparse
+        (candidates, n_items) matrix, every user's norm, and the candidates: None (every user),
+        or the ``neighbour_pool`` users with the most baskets with each user's position among
+        them (-1: not a candidate). Built once per state of the memory (an in-place change bumps
+        a buffer's version; moving the model makes new buffers)."""
         key = self._memory_key()
         if self._memory_cache is None or self._memory_cache[0] != key:
+            args = self.args
             shares = self.memory_sums / self.memory_baskets.clamp(min=1e-12).unsqueeze(1)
-            kept = self.memory_items > 0
-            rows = torch.arange(self.args.n_users, device=shares.device).unsqueeze(1).expand_as(kept)[kept]
+            pool = position = None
+            if 0 < args.neighbour_pool < args.n_users:
+                pool = self.memory_baskets.topk(args.neighbour_pool).indices.sort().values
+                position = torch.full((args.n_users,), -1, dtype=torch.long, device=shares.device)
+                position[pool] = torch.arange(len(pool), device=shares.device)
+            candidates = torch.arange(args.n_users, device=shares.device) if pool is None else pool
+            kept = self.memory_items[candidates] > 0
+            rows = torch.arange(len(candidates), device=shares.device).unsqueeze(1).expand_as(kept)[kept]
             matrix = torch.sparse_coo_tensor(
-                torch.stack([rows, self.memory_items[kept]]), shares[kept], (self.args.n_users, self.args.n_items),
+                torch.stack([rows, self.memory_items[candidates][kept]]), shares[candidates][kept], (len(candidates), args.n_items),
                 check_invariants=True,
             ).coalesce()
-            self._memory_cache = (key, shares, matrix, shares.square().sum(1).sqrt())
+            self._memory_cache = (key, shares, matrix, shares.square().sum(1).sqrt(), pool, position)
         return self._memory_cache[1:]
 
     def grow(self, n_users: int, n_items: int, n_categories: int) -> "TwoTower":
@@ -267,6 +310,11 @@ class TwoTower(nn.Module):
         return asdict(self.args)
 
 
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]``, by index_select: several times faster on the CPU than indexing."""
+    return table.index_select(0, index.flatten()).view(*index.shape, *table.shape[1:])
+
+
 def sampled_softmax_loss(
     user_vec: torch.Tensor,
     item_vec: torch.Tensor,
@@ -283,10 +331,11 @@ def sampled_softmax_loss(
     user row: what its event type counts for) make the loss their weighted mean."""
     logits = user_vec @ item_vec.T / temperature - item_log_q[items].unsqueeze(0)
     positives = torch.arange(len(user_vec), device=user_vec.device) + offset
-    # The same item twice in a batch is not a negative for itself.
+    # The same item twice in a batch is not a negative for itself. (In place: the positives lie
+    # on a diagonal, and logits is a fresh tensor that no backward reads.)
     same_item = items.unsqueeze(0) == items[positives].unsqueeze(1)
-    not_positive = torch.ones_like(same_item).scatter_(1, positives.unsqueeze(1), False)
-    logits = logits.masked_fill(same_item & not_positive, -1e9)
+    same_item.diagonal(offset).fill_(False)
+    logits.masked_fill_(same_item, -1e9)
     if weights is None:
         return F.cross_entropy(logits.float(), positives)
     losses = F.cross_entropy(logits.float(), positives, reduction="none")

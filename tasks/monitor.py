@@ -6,17 +6,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.drift import ChampionCounts, DriftResult, detect_drift
+from data_checks.drift import ChampionCounts, DriftResult, detect_file_drift, is_in
 from data_checks.landing import output_stem
 from data_checks.markup import md_text, url_segment
 from flows.settings import Settings
-from models.evaluate import evaluate
+from models.evaluate import evaluate, user_sample
 from models.train import Recommender
 from tasks import ledger
 from tasks.gates import UpdateDecision, UpdateSignals, champion_age_days
@@ -41,35 +41,29 @@ class Decay:
 
 
 def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
-    current = pd.read_parquet(validation.accepted_path)
+    """The batch against the champion's reference, on at most settings.drift_sample_rows rows."""
     reference = pd.read_parquet(champion.reference_path)
     recommender = Recommender.load(champion.checkpoint_path)
     catalog = load_catalog(settings)
     counts = ChampionCounts(recommender.item_counts, recommender.user_counts, catalog.set_index("item_id")["category"])
     report_path = settings.reports_dir / f"{output_stem(validation.batch_id, validation.file_name)}.drift.html"
-    return detect_drift(current, reference, counts, report_path, settings.drift_sample_rows, settings.seed)
+    return detect_file_drift(validation.accepted_path, reference, counts, report_path, settings.drift_sample_rows, settings.seed)
 
 
 def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
     """Recall@K of the champion on the batch's target events, over the batch's users it knows
     (at most settings.decay_sample_users of them, the same ones for the same batch)."""
-    batch = pd.read_parquet(validation.accepted_path)
     recommender = Recommender.load(champion.checkpoint_path)
     known = pd.Index(recommender.users.ids)
-    batch_users = pd.Index(batch["user_id"].unique())
+    batch_users = pd.Index(pq.read_table(validation.accepted_path, columns=["user_id"])["user_id"].unique().to_pandas())
     if len(batch_users) > settings.decay_sample_users:
-        known = known.intersection(hash_sample(batch_users.intersection(known), settings.decay_sample_users))
+        known = user_sample(batch_users.intersection(known), settings.decay_sample_users)
+        table = pq.read_table(validation.accepted_path)
+        batch = table.filter(is_in(table["user_id"], known)).to_pandas()
+    else:
+        batch = pd.read_parquet(validation.accepted_path)
     metrics = evaluate(recommender, batch, known, settings.eval_k, target_event=settings.target_event)
     return Decay(metrics.recall, champion.holdout_recall, metrics.users)
-
-
-def hash_sample(ids: pd.Index, n: int) -> pd.Index:
-    """The ``n`` of ``ids`` (all when fewer) with the smallest fixed hash: the same ids always
-    give the same users, and no user is favoured by its name's order or its activity."""
-    if len(ids) <= n:
-        return ids
-    hashes = pd.util.hash_pandas_object(pd.Series(ids, dtype=object), index=False).to_numpy()
-    return ids[np.argsort(hashes, kind="stable")[:n]]
 
 
 def rows_since_champion(settings: Settings, through_batch_id: int) -> int:

@@ -341,7 +341,9 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
     validate = None
     if len(data.holdout):
         def validate(model: Recommender) -> float:
-            return evaluate(model, data.holdout, data.eval_users, settings.eval_k, target_event=settings.target_event).recall
+            return evaluate(
+                model, data.holdout, data.eval_users, settings.eval_k, target_event=settings.target_event, max_users=settings.eval_max_users,
+            ).recall
 
     key = training_key(data, champion, config)
     progress_path = settings.checkpoints_dir / f"training-{key}.pt"
@@ -376,6 +378,7 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
         "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
+        "--max-users", str(settings.eval_max_users),
     ]
     if len(data.holdout):
         data.holdout.to_parquet(work / "holdout.parquet", index=False)
@@ -421,7 +424,7 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
             # memory is folded in exactly and weighs older baskets less by design, so with it
             # an update "loses" old purchases it never forgot.
             with recommender.model.without_memory() if name == "historical" else nullcontext():
-                scored[model] = evaluate(recommender, frame, data.eval_users, k, catalog_size, settings.target_event)
+                scored[model] = evaluate(recommender, frame, data.eval_users, k, catalog_size, settings.target_event, settings.eval_max_users)
         slices[name] = SliceComparison(name, len(frame), scored["challenger"], scored.get("champion"))
     newest = slices["newest"]
     ci = dict(confidence=settings.confidence_level, n_resamples=settings.bootstrap_resamples, seed=settings.seed)

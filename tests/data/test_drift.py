@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from data_checks.contract import with_contract_columns
 from data_checks.drift import ChampionCounts, detect_drift, reference_sample
 from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop
 from flows.settings import Settings
@@ -77,7 +78,7 @@ def test_a_large_batch_compared_by_a_sample_of_its_orders_gives_the_same_figures
 
 
 def test_decay_scores_a_fixed_sample_of_a_large_batchs_users():
-    from tasks.monitor import hash_sample
+    from models.evaluate import user_sample as hash_sample
 
     users = pd.Index([f"u{i}" for i in range(10_000)])
     picked = hash_sample(users, 1_000)
@@ -86,3 +87,18 @@ def test_decay_scores_a_fixed_sample_of_a_large_batchs_users():
     assert hash_sample(users[:500], 1_000).equals(users[:500])  # fewer than asked: all of them
     # Not the first names in the batch's order, nor a block of similar names.
     assert picked.isin(users[:1_000]).mean() < 0.2
+
+
+def test_a_large_accepted_file_is_sampled_from_arrow_with_the_figures_of_the_whole_frame(tmp_path):
+    from data_checks.drift import detect_file_drift
+
+    shop = SyntheticShop(0)
+    reference, counts = champion_view(shop)
+    batch = with_contract_columns(shop.week(3, BatchOptions(new_items=True)))
+    batch.to_parquet(tmp_path / "accepted.parquet", index=False)
+    in_memory = detect_drift(batch, reference, counts, None, sample_rows=len(batch) // 2, seed=3)
+    from_file = detect_file_drift(tmp_path / "accepted.parquet", reference, counts, None, sample_rows=len(batch) // 2, seed=3)
+    assert from_file == in_memory
+    assert from_file.rows == len(batch) > from_file.rows_compared and from_file.unseen_item_share > 0
+    small = detect_file_drift(tmp_path / "accepted.parquet", reference, counts, None, sample_rows=len(batch), seed=3)
+    assert small == detect_drift(batch, reference, counts, None)
