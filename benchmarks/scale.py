@@ -1,9 +1,9 @@
 """What one continuous-training update costs as the shop grows: the real flows, stage by stage.
 
-    python benchmarks/scale.py                        # the three shops below (hours on 2 cores)
-    python benchmarks/scale.py --shop 1m              # one of them
-    python benchmarks/scale.py --shop 200k:20k:5k     # any size: history rows : users : items
-    python benchmarks/scale.py --smoke                # a tiny shop, about a minute (the test runs it)
+    python benchmarks/scale.py                        # the three shops below, into benchmarks/results/scale.json
+    python benchmarks/scale.py --shop 1m --out benchmarks/results/scale_1m.json   # one of them
+    python benchmarks/scale.py --shop 200k:20k:5k --batch-rows 100k               # any size: rows:users:items
+    python benchmarks/scale.py --smoke                # a tiny shop, about 2 minutes (the slow test runs it)
 
 Shops (history rows, users, items): 1m = (1M, 100k, 20k), 5m = (5M, 500k, 100k),
 20m = (20M, 2M, 500k); each gets an update batch of ``--batch-rows`` (1M) rows.
@@ -317,11 +317,14 @@ def run_child(phase: str, env: dict[str, str], shop_dir: Path, started: float, l
 
 
 def _last_line(path: Path) -> str:
+    start = max(0, path.stat().st_size - 65_536)
     with open(path, "rb") as log:
-        log.seek(max(0, path.stat().st_size - 65_536))
+        log.seek(start)
         text = log.read().decode(errors="replace")
     # Progress bars redraw with carriage returns: a log line may follow one on the same line.
-    lines = [line.strip() for line in re.split(r"[\r\n]", text)[1:] if line.strip() and not PROGRESS_BAR.search(line)]
+    # Read from the middle of the file, the first line is likely cut.
+    lines = re.split(r"[\r\n]", text)[1 if start else 0 :]
+    lines = [line.strip() for line in lines if line.strip() and not PROGRESS_BAR.search(line)]
     return (lines[-1] if lines else "")[:160]
 
 
@@ -608,7 +611,7 @@ def plot(sizes: list[dict], path: Path) -> None:
     done = [s for s in sizes if "stages" in s]
     if not done:
         return
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    figure = Figure(figsize=(13, 4.5), layout="constrained")
     time_axes, memory_axes = figure.subplots(1, 2)
     positions = np.arange(len(done))
     labels = [f"{_short(s['history_rows'])} rows\n{_short(s['users'])} users\n{_short(s['items'])} items" for s in done]
@@ -619,11 +622,11 @@ def plot(sizes: list[dict], path: Path) -> None:
         bottom += values
     time_axes.plot(positions, [s["update_seconds"] for s in done], "k_", markersize=30, label="whole update (process)")
     time_axes.set(xticks=positions, xticklabels=labels, ylabel="seconds", title=f"one update ({_short(done[0]['batch_rows'])}-row batch): time per stage")
-    time_axes.legend(fontsize="small")
+    time_axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     rows = [s["history_rows"] for s in done]
     memory_axes.plot(rows, [s["peak_rss_mb"] / 1024 for s in done], "o-", label="update")
     memory_axes.plot(rows, [s["bootstrap_peak_rss_mb"] / 1024 for s in done], "s--", label="bootstrap")
-    memory_axes.set(xscale="log", xlabel="history rows", ylabel="peak RSS (GiB)", title="peak resident memory of each phase's process")
+    memory_axes.set(xscale="log", xlabel="history rows", ylabel="peak RSS (GiB)", ylim=(0, None), title="peak resident memory of each phase's process")
     memory_axes.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
