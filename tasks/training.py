@@ -203,6 +203,11 @@ def assemble(
             f"{len(historical):,} for the forgetting slice (asked {settings.forgetting_slice_rows:,}); raise "
             f"replay_reservoir_rows ({settings.replay_reservoir_rows:,}) to replay more"
         )
+    if len(pool) and historical.empty and settings.forgetting_slice_rows:
+        notes.append(
+            f"no history is left for the forgetting slice: replay took all {len(replay):,} usable rows, so the gate "
+            "cannot check forgetting on this update (it will once history outgrows replay_ratio times the new rows)"
+        )
     known_users = sample.known_users(watermark, types).union(pd.Index(train_part["user_id"].unique()))
     known_items = set(sample.known_items(watermark, types)) | set(train_part["item_id"])
     return TrainingData(

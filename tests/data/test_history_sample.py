@@ -135,3 +135,12 @@ def test_a_reservoir_smaller_than_asked_is_said(settings):
     assert len(update.replay) + len(update.historical) <= 300
     assert any("raise replay_reservoir_rows" in note for note in update.notes)
 
+
+
+def test_an_update_whose_replay_takes_all_history_says_it_has_no_forgetting_slice(settings):
+    settings = settings.model_copy(update={"replay_ratio": 100.0})
+    _, _, champion = update_after_first_champion(settings)
+    update = assemble(settings, champion)
+    assert update.historical.empty and len(update.replay)
+    assert any("no history is left for the forgetting slice" in note for note in update.notes)
+    assert not any("forgetting slice" in note for note in assemble(settings.model_copy(update={"replay_ratio": 0.5}), champion).notes)
