@@ -196,17 +196,16 @@ def assemble(
     # left behind. The sample's head is the replay, the rows after it the forgetting slice.
     replay = pool.iloc[:n_replay]
     historical = pool.iloc[n_replay : n_replay + settings.forgetting_slice_rows]
+    if len(replay) == len(pool):
+        # Replay took every row: the slice is drawn from the history it replayed (a sample of all
+        # of it, as a retrain's is), so the gate still compares the two models on older data.
+        historical = pool.iloc[: settings.forgetting_slice_rows]
     notes = []
     if len(pool) < n_replay + settings.forgetting_slice_rows and not sample.complete:
         notes.append(
             f"the replay history holds {len(pool):,} usable rows: {len(replay):,} replayed (asked {n_replay:,}) and "
             f"{len(historical):,} for the forgetting slice (asked {settings.forgetting_slice_rows:,}); raise "
             f"replay_reservoir_rows ({settings.replay_reservoir_rows:,}) to replay more"
-        )
-    if len(pool) and historical.empty and settings.forgetting_slice_rows:
-        notes.append(
-            f"no history is left for the forgetting slice: replay took all {len(replay):,} usable rows, so the gate "
-            "cannot check forgetting on this update (it will once history outgrows replay_ratio times the new rows)"
         )
     known_users = sample.known_users(watermark, types).union(pd.Index(train_part["user_id"].unique()))
     known_items = set(sample.known_items(watermark, types)) | set(train_part["item_id"])

@@ -132,15 +132,15 @@ def test_a_reservoir_smaller_than_asked_is_said(settings):
     settings = settings.model_copy(update={"replay_reservoir_rows": 300})
     _, _, champion = update_after_first_champion(settings)
     update = assemble(settings, champion)
-    assert len(update.replay) + len(update.historical) <= 300
+    assert len(update.replay) <= 300 and len(update.historical) <= 300
     assert any("raise replay_reservoir_rows" in note for note in update.notes)
 
 
 
-def test_an_update_whose_replay_takes_all_history_says_it_has_no_forgetting_slice(settings):
-    settings = settings.model_copy(update={"replay_ratio": 100.0})
-    _, _, champion = update_after_first_champion(settings)
+
+def test_an_update_whose_replay_takes_all_history_scores_forgetting_on_that_history(settings):
+    settings = settings.model_copy(update={"replay_ratio": 100.0, "forgetting_slice_rows": 300})
+    first, watermark, champion = update_after_first_champion(settings)
     update = assemble(settings, champion)
-    assert update.historical.empty and len(update.replay)
-    assert any("no history is left for the forgetting slice" in note for note in update.notes)
-    assert not any("forgetting slice" in note for note in assemble(settings.model_copy(update={"replay_ratio": 0.5}), champion).notes)
+    assert len(update.replay) == len(first.new)  # all of it
+    assert len(update.historical) == 300 and (update.historical["event_time"] <= watermark).all()
