@@ -209,20 +209,25 @@ def test_memory_weight_is_chosen_on_held_out_data(champion, history, shop):
     champion.model.memory_weight.fill_(0.0)  # the module-scoped champion is shared
 
 
-def test_memoized_memory_scores_follow_the_memory_and_end_with_the_block(champion, history):
+def test_memoized_memory_scores_follow_the_memory_and_end_with_the_block(champion, history, monkeypatch):
     model = champion.model
     users = torch.as_tensor(champion.users.encode(history["user_id"].unique()[:30]))
     plain = model.memory_scores(users)
+    computed = []
+    compute = model._compute_personal_memory
+    monkeypatch.setattr(model, "_compute_personal_memory", lambda u: computed.append(len(u)) or compute(u))
     with model.memoized_memory():
         first = model.memory_scores(users)
-        assert model.memory_scores(users) is first and torch.equal(first, plain)
+        assert torch.equal(model.memory_scores(users), first) and torch.equal(first, plain)
+        assert computed == [30]  # the second scoring reused the first's
         saved = model.memory_sums.clone()
         model.memory_sums.mul_(2.0)  # the memory changed: its scores are computed again
         changed = model.memory_scores(users)
-        assert changed is not first and not torch.equal(changed, first)
+        assert computed == [30, 30] and not torch.equal(changed, first)
         model.memory_sums.copy_(saved)
     assert model._memo is None
     assert torch.equal(model.memory_scores(users), plain)
+    assert computed == [30, 30, 30]
 
 
 def test_a_checkpoint_with_the_old_purchase_count_memory_loads_with_an_empty_memory(champion, tmp_path, caplog):

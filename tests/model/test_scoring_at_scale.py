@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from data_checks.sources.synthetic import SyntheticShop
+from models import two_tower
 from models.evaluate import evaluate, top_k, user_sample
 from models.train import Recommender, TrainConfig, prepare, train
 from tests.conftest import TINY_SHOP
@@ -86,3 +87,21 @@ def test_a_capped_evaluation_scores_the_same_users_for_every_model(trained):
     untrained = prepare(history, pd.DataFrame({"item_id": [], "category": [], "price": []}), recommender.config, None)
     assert evaluate(untrained, holdout, known, 20, max_users=whole.users // 2).user_ids == capped.user_ids
     assert evaluate(recommender, holdout, known, 20, max_users=whole.users) == whole  # at or above the slice: all of it
+
+
+def test_memoized_memory_keeps_entries_bounded_by_the_users_not_the_catalog(trained, monkeypatch):
+    recommender, history, _ = trained
+    model = recommender.model
+    users = torch.as_tensor(recommender.users.encode(history["user_id"].unique()[:50]))
+    entries = len(model._compute_personal_memory(users)[0])
+    assert 0 < entries < len(users) * model.args.n_items // 2  # fewer than a dense block, even in a tiny catalog
+    computed = []
+    compute = model._compute_personal_memory
+    monkeypatch.setattr(model, "_compute_personal_memory", lambda u: computed.append(len(u)) or compute(u))
+    for limit, computations in ((entries, 1), (entries - 1, 2)):  # what fits is kept; what does not, is not
+        monkeypatch.setattr(two_tower, "MEMO_ELEMENTS", limit)
+        computed.clear()
+        with model.memoized_memory():
+            first = model.memory_scores(users)
+            assert torch.equal(model.memory_scores(users), first)
+        assert len(computed) == computations
