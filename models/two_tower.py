@@ -265,9 +265,7 @@ class TwoTower(nn.Module):
     def _neighbour_mean(self, users, own, shares, matrix, norms, n: int, pool=None, position=None) -> torch.Tensor:
         """Mean memory of each user's ``n`` most similar other users among the candidates (every
         user, or the ``pool``; cosine of the memories; a user with nothing in common lends nothing)."""
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            similarity = (own.to_sparse_csr() @ matrix).to_dense()  # (len(users), candidates)
+        similarity = (matrix @ own.T).T.contiguous()  # (len(users), candidates)
         candidate_norms = norms if pool is None else norms[pool]
         similarity /= (norms[users].unsqueeze(1) * candidate_norms.unsqueeze(0)).clamp(min=1e-12)
         rows = torch.arange(len(users), device=users.device)
@@ -285,7 +283,7 @@ class TwoTower(nn.Module):
 
     def _memory_state(self) -> tuple:
         """Every user's shares (n_users, slots), the neighbour candidates' shares as a sparse
-        (n_items, candidates) matrix compressed by rows, every user's norm, and the candidates: None (every user),
+        (candidates, n_items) matrix compressed by rows, every user's norm, and the candidates: None (every user),
         or the ``neighbour_pool`` users with the most baskets with each user's position among
         them (-1: not a candidate). Built once per state of the memory (an in-place change bumps
         a buffer's version; moving the model makes new buffers)."""
@@ -301,12 +299,12 @@ class TwoTower(nn.Module):
             candidates = torch.arange(args.n_users, device=shares.device) if pool is None else pool
             kept = self.memory_items[candidates] > 0
             rows = torch.arange(len(candidates), device=shares.device).unsqueeze(1).expand_as(kept)[kept]
-            # The candidates' shares, transposed (n_items, candidates), compressed by item row: a
-            # chunk's similarities are then one sparse product (about 8x faster than sparse x dense).
-            with warnings.catch_warnings():
+            # Compressed by rows: a chunk's similarities are then about 25x faster than from the
+            # coordinate format, with no intermediate larger than the result.
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
                 matrix = torch.sparse_coo_tensor(
-                    torch.stack([self.memory_items[candidates][kept], rows]), shares[candidates][kept], (args.n_items, len(candidates)),
+                    torch.stack([rows, self.memory_items[candidates][kept]]), shares[candidates][kept], (len(candidates), args.n_items),
                     check_invariants=True,
                 ).coalesce().to_sparse_csr()
             self._memory_cache = (key, shares, matrix, shares.square().sum(1).sqrt(), pool, position)
