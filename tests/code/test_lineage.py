@@ -49,7 +49,8 @@ def test_the_digest_covers_every_row_and_the_column_names():
 def test_the_dataset_is_logged_with_its_schema_profile_and_digest(tmp_path, monkeypatch):
     previous = mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", previous)  # set_tracking_uri exports it: restored on teardown
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
     data = frame()
     dataset = lineage_dataset(data, (tmp_path / "accepted").as_uri(), "shop-training")
     try:
@@ -57,7 +58,7 @@ def test_the_dataset_is_logged_with_its_schema_profile_and_digest(tmp_path, monk
             mlflow.log_input(dataset, context="training")
     finally:
         mlflow.set_tracking_uri(previous)
-    logged = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs[0].dataset
+    logged = MlflowClient(uri).get_run(run.info.run_id).inputs.dataset_inputs[0].dataset
     assert logged.digest == dataset.digest and logged.name == "shop-training"
     assert json.loads(logged.profile)["num_rows"] == len(data)
     columns = {c["name"]: c for c in json.loads(logged.schema)["mlflow_colspec"]}
