@@ -4,6 +4,7 @@
     python benchmarks/scale.py --shop 1m --out benchmarks/results/scale_1m.json   # one of them
     python benchmarks/scale.py --shop 200k:20k:5k --batch-rows 100k               # any size: rows:users:items
     python benchmarks/scale.py --smoke                # a tiny shop, about 2 minutes (the slow test runs it)
+    python benchmarks/scale.py --trained-history-rows 5M   # a bootstrap of at most ~5M rows; older weeks consumed
 
 Shops (history rows, users, items): 1m = (1M, 100k, 20k), 5m = (5M, 500k, 100k),
 20m = (20M, 2M, 500k); each gets an update batch of ``--batch-rows`` (1M) rows.
@@ -26,6 +27,14 @@ For each shop, under ``--work`` (default: <system temp dir>/freshrec-scale, neve
    rows it carries over into the next update are what a steady-state update carries (a quarter
    of a batch), not 20% of the whole history (``--first-update`` keeps the default 0.2 and so
    measures the first update after a bootstrap instead).
+   With ``--trained-history-rows ROWS`` the bootstrap trains on the newest weeks holding about
+   ROWS rows only (a retrain reads every row it trains on: 20M rows of history do not fit a
+   scratch training in 24 GB); a **consume** phase, in a child process, then lands the older
+   weeks, validates them with the real ``validate-landing`` flow, records them in the ledger as
+   consumed by the champion and folds them into the replay history (``tasks.history.fold``):
+   the state of a shop whose older batches earlier versions consumed. They all precede the
+   champion's watermark, so the update reads them through the replay history only, as it would
+   after months of updates.
 3. **update**, in a child process: the batch is moved into landing/ and the real
    ``continuous-training`` flow (``flows/continuous_training.py``) runs once, with the product's
    defaults except ``volume_threshold_rows`` = batch / 2 (so the volume signal fires) and
@@ -77,6 +86,7 @@ EPOCH = pd.Timestamp("2024-01-01", tz="UTC")  # a Monday, safely in the past (fu
 MAX_WEEK_ROWS = 1_000_000  # rows of one landing file of history at most (more weeks past that)
 MIN_WEEKS = 8
 PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm redraw, e.g. "training:  52%|#####     | 203k/394k"
+OLDER = "older"  # the home's folder of the weeks the bootstrap does not train on (--trained-history-rows)
 MARKER = "FRESHREC-SCALE"  # in every shop folder this benchmark made, so a rerun may delete it
 COLOURS = np.array(["red", "blue", "green", "cream", "black", "white", "pink", "grey", "gold", "teal"])
 # Prefect task names per stage of the update; every other task run of the update is "other".
@@ -250,16 +260,29 @@ def write_parquet(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def generate(shop: Shop, home: Path, seed: int) -> Path:
-    """The catalog and the history into ``home``/landing; returns the update batch, written
-    outside landing/ until the update phase."""
+def week_rows(shop: Shop) -> np.ndarray:
+    return np.diff(np.linspace(0, shop.history_rows, shop.weeks + 1).astype(np.int64))
+
+
+def trained_weeks(shop: Shop, trained_rows: int | None) -> int:
+    """How many of the newest weeks the bootstrap trains on: all, or enough for ``trained_rows``."""
+    if not trained_rows or trained_rows >= shop.history_rows:
+        return shop.weeks
+    return min(shop.weeks, max(1, int(np.searchsorted(np.cumsum(week_rows(shop)[::-1]), trained_rows)) + 1))
+
+
+def generate(shop: Shop, home: Path, seed: int, weeks_trained: int) -> Path:
+    """The catalog and the history into ``home``/landing, the weeks older than the newest
+    ``weeks_trained`` into ``home``/older (the consume phase lands them); returns the update
+    batch, written outside landing/ until the update phase."""
     world = World(shop, seed)
-    landing = home / "landing"
+    landing, older = home / "landing", home / OLDER
     landing.mkdir(parents=True)
+    older.mkdir()
     write_landing_csv(world.catalog(), landing / "catalog-items.csv")
-    per_week = np.diff(np.linspace(0, shop.history_rows, shop.weeks + 1).astype(np.int64))
-    for week, rows in enumerate(per_week):
-        write_parquet(world.week(week, int(rows)), landing / f"interactions-week{week:03d}.parquet")
+    for week, rows in enumerate(week_rows(shop)):
+        folder = landing if week >= shop.weeks - weeks_trained else older
+        write_parquet(world.week(week, int(rows)), folder / f"interactions-week{week:03d}.parquet")
     staging = home / "staging"
     staging.mkdir()
     return write_parquet(world.week(shop.weeks, shop.batch_rows), staging / f"interactions-week{shop.weeks:03d}.parquet")
@@ -274,6 +297,8 @@ def run_phase(phase: str, result_path: Path) -> int:
     from flows.bootstrap import bootstrap
     from flows.continuous_training import continuous_training
 
+    if phase == "consume":
+        return consume_older_weeks(result_path)
     flow_fn = {"bootstrap": bootstrap, "update": continuous_training}[phase]
     state = flow_fn(return_state=True)
     completed = state.is_completed()
@@ -285,6 +310,36 @@ def run_phase(phase: str, result_path: Path) -> int:
     }
     result_path.write_text(json.dumps(result, default=str))
     return 0 if completed else 1
+
+
+def consume_older_weeks(result_path: Path) -> int:
+    """In the child: the history older than the champion's, landed as already consumed. The
+    product's validate-landing flow validates the files of ``home``/older like any batch; the
+    ledger then records them as consumed by the champion and the replay history folds them in
+    (``tasks.history.fold``): the state a shop has after months of updates, whose older batches
+    an update reads only through the replay history (they all precede the champion's watermark)."""
+    from flows.settings import Settings
+    from flows.validate_landing import validate_landing
+    from tasks import ledger
+    from tasks.history import fold
+
+    settings = Settings()
+    for path in sorted((settings.home / OLDER).glob("*.parquet")):
+        path.replace(settings.landing_dir / path.name)
+    state = validate_landing(settings, return_state=True)
+    if not state.is_completed():
+        result_path.write_text(json.dumps({"completed": False, "message": state.message}))
+        return 1
+    validations = [v for v in state.result() if v.kind == "interactions" and v.rows_accepted]
+    engine = ledger.connect(settings.ledger_url)
+    champion = ledger.latest_move(engine, settings.registered_model_name, settings.champion_alias)
+    ledger.mark_consumed(engine, [v.batch_id for v in validations], champion.to_version)
+    sample = fold(settings)
+    result_path.write_text(json.dumps({
+        "completed": True, "files": len(validations), "rows_accepted": sum(v.rows_accepted for v in validations),
+        "replay_reservoir_rows": len(sample.rows), "history_rows_folded": sample.history_rows,
+    }))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -344,7 +399,7 @@ def child_environment(home: Path, prefect_url: str, settings: dict[str, object])
     }
 
 
-def phase_settings(shop: Shop, bootstrap_epochs: int, first_update: bool) -> tuple[dict, dict]:
+def phase_settings(shop: Shop, bootstrap_epochs: int, first_update: bool, trained_rows: int | None = None) -> tuple[dict, dict]:
     """(bootstrap settings, update settings): the product's defaults but for these."""
     common = {
         "landing_settle_seconds": 0,  # files are renamed into landing/ whole
@@ -355,7 +410,7 @@ def phase_settings(shop: Shop, bootstrap_epochs: int, first_update: bool) -> tup
     if not first_update:
         # The bootstrap's holdout is carried into the next update as new rows: a quarter of a
         # batch is what a steady-state update carries (its own 20% holdout of 1.25 batches).
-        bootstrap["holdout_fraction"] = round(min(0.2, shop.batch_rows / (4 * shop.history_rows)), 6)
+        bootstrap["holdout_fraction"] = round(min(0.2, shop.batch_rows / (4 * (trained_rows or shop.history_rows))), 6)
     return bootstrap, common
 
 
@@ -510,17 +565,20 @@ def measure(shop: Shop, work: Path, prefect_url: str, args: argparse.Namespace, 
     fails leaves what was measured until then, and an "error"."""
     shop_dir = fresh_dir(work / shop.name)
     home = shop_dir / "freshrec"
-    bootstrap_settings, update_settings = phase_settings(shop, args.bootstrap_epochs, args.first_update)
+    weeks_trained = trained_weeks(shop, args.trained_history_rows)
+    trained_rows = int(week_rows(shop)[shop.weeks - weeks_trained :].sum())
+    bootstrap_settings, update_settings = phase_settings(shop, args.bootstrap_epochs, args.first_update, trained_rows)
     entry = {
         "shop": shop.name, "history_rows": shop.history_rows, "users": shop.users, "items": shop.items,
         "batch_rows": shop.batch_rows, "history_files": shop.weeks,
+        "bootstrap_trained_rows": trained_rows, "bootstrap_trained_files": weeks_trained,
         "update_kind": "first after the bootstrap" if args.first_update else "steady state: carries a quarter batch of the bootstrap's holdout",
         "bootstrap_settings": bootstrap_settings, "update_settings": update_settings,
         "code": code_state(),  # the product changes between runs: say which one was measured
     }
     progress(started, f"{shop.label}: generating {shop.weeks} weekly files + a batch of {shop.batch_rows:,} rows in {shop_dir}")
     begun = time.perf_counter()
-    batch_path = generate(shop, home, args.seed)
+    batch_path = generate(shop, home, args.seed, weeks_trained)
     entry["generate_seconds"] = round(time.perf_counter() - begun, 1)
     current = "bootstrap"
     try:
@@ -529,6 +587,14 @@ def measure(shop: Shop, work: Path, prefect_url: str, args: argparse.Namespace, 
         if not trained.get("promoted"):
             raise PhaseFailed(f"the bootstrap registered no champion: {trained.get('reasons')}", boot)
         entry |= {"bootstrap_seconds": round(boot.seconds, 1), "bootstrap_peak_rss_mb": round(boot.peak_rss_mb, 1)}
+        if weeks_trained < shop.weeks:
+            current = "consume"
+            consume, consumed = phase("consume", child_environment(home, prefect_url, bootstrap_settings), shop_dir, started, shop.label)
+            entry |= {
+                "consumed_untrained_files": consumed["files"], "consumed_untrained_rows": consumed["rows_accepted"],
+                "replay_reservoir_rows": consumed["replay_reservoir_rows"], "history_rows_folded": consumed["history_rows_folded"],
+                "consume_seconds": round(consume.seconds, 1), "consume_peak_rss_mb": round(consume.peak_rss_mb, 1),
+            }
         batch_path.replace(home / "landing" / batch_path.name)
         current = "update"
         update, update_result = phase("update", child_environment(home, prefect_url, update_settings), shop_dir, started, shop.label)
@@ -593,7 +659,7 @@ def code_state() -> dict:
         done = subprocess.run(["git", *arguments], cwd=RESULTS_DIR.parents[1], capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    changed = git("diff", "--name-only", "HEAD").splitlines()  # tracked files, staged or not
     return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes": changed}
 
 
@@ -673,7 +739,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep each shop's folder (landing, accepted, MLflow store) after measuring it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json", help="results (default: %(default)s); the figure goes beside it")
-    parser.add_argument("--phase", choices=("bootstrap", "update"), help=argparse.SUPPRESS)  # in a child process
+    parser.add_argument("--trained-history-rows", type=_count, default=None, metavar="ROWS",
+                        help="the bootstrap trains on the newest weeks holding about ROWS rows; the older weeks are then validated "
+                        "and recorded as consumed by the champion, and folded into the replay history (default: it trains on all)")
+    parser.add_argument("--phase", choices=("bootstrap", "consume", "update"), help=argparse.SUPPRESS)  # in a child process
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -48,6 +48,21 @@ def test_shops_are_named_or_given_as_rows_users_items():
     assert scale.parse_shop("20m", 1_000_000).weeks == 20  # no history file above about 1M rows
 
 
+def test_the_bootstrap_trains_on_the_newest_weeks_that_hold_the_rows_asked_for():
+    shop = scale.parse_shop("20m", 1_000_000)
+    assert scale.trained_weeks(shop, None) == scale.trained_weeks(shop, 30_000_000) == 20
+    assert scale.trained_weeks(shop, 5_000_000) == 5 and scale.trained_weeks(shop, 5_000_001) == 6
+    assert scale.trained_weeks(shop, 1) == 1
+    settings, _ = scale.phase_settings(shop, 1, False, 5_000_000)
+    assert settings["holdout_fraction"] == 0.05  # a quarter batch of the rows trained on
+
+
+def test_the_results_name_the_commit_and_every_changed_file():
+    state = scale.code_state()
+    assert len(state["commit"]) == 40
+    assert all((REPO / path).exists() or not path for path in state["uncommitted_changes"])  # whole paths
+
+
 def test_task_runs_are_counted_in_their_stage():
     assert scale.stage_of(scale.task_name_of("train-challenger-ad8")) == "train"
     assert scale.stage_of(scale.task_name_of("validate-batch-05d")) == "validate"
@@ -58,7 +73,8 @@ def test_task_runs_are_counted_in_their_stage():
 def test_the_smoke_size_runs_bootstrap_and_an_update_and_reports_every_stage(tmp_path):
     out = tmp_path / "results" / "scale.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/scale.py", "--smoke", "--work", str(tmp_path / "work"), "--out", str(out)],
+        # Half the history trained on, the older half landed as already consumed.
+        [sys.executable, "benchmarks/scale.py", "--smoke", "--trained-history-rows", "10k", "--work", str(tmp_path / "work"), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -68,6 +84,10 @@ def test_the_smoke_size_runs_bootstrap_and_an_update_and_reports_every_stage(tmp
     rows, users, items = scale.SMOKE
     assert (size["history_rows"], size["users"], size["items"], size["batch_rows"]) == (rows, users, items, scale.SMOKE_BATCH_ROWS)
     assert size["bootstrap_seconds"] > 0 and size["bootstrap_peak_rss_mb"] > 100
+    assert (size["bootstrap_trained_files"], size["bootstrap_trained_rows"], size["consumed_untrained_files"]) == (4, rows // 2, 4)
+    assert 0.95 * rows // 2 <= size["consumed_untrained_rows"] <= rows // 2
+    # Every consumed row, trained on or not, went into the replay history (it holds them all).
+    assert size["replay_reservoir_rows"] == size["history_rows_folded"] >= size["consumed_untrained_rows"] + 0.7 * rows // 2
     assert 100 < size["peak_rss_mb"] < 16_000
     stages = size["stages"]
     assert set(stages) == {*scale.STAGES, "other"} and all(v >= 0 for v in stages.values())
