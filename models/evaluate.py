@@ -39,32 +39,51 @@ class SliceMetrics:
 SCORE_ELEMENTS = 2**24  # scores held at once when ranking: 64 MB of float32
 
 
-def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Item ids and scores of the k best items per user, ranked over the whole item table. Users
-    the model never saw get the most popular items of its training data, scored by their share
-    of interactions. Slots past the end of a short catalog hold ""."""
-    users = recommender.users.encode(user_ids)
-    known = users >= 0
-    item_ids = np.full((len(users), k), "", dtype=object)
-    scores = np.zeros((len(users), k), dtype=np.float32)
-    popular = recommender.item_counts.nlargest(k)
-    item_ids[~known, : len(popular)] = popular.index.to_numpy()
-    scores[~known, : len(popular)] = (popular / recommender.item_counts.sum()).to_numpy()
-    known_rows = np.flatnonzero(known)
-    model = recommender.model
-    device = next(model.parameters()).device  # also scores a model while it trains on a GPU
-    # A chunk's scores are (users, items): bounded to SCORE_ELEMENTS floats, whatever the catalog.
-    chunk = max(1, min(chunk, SCORE_ELEMENTS // len(recommender.items)))
-    with torch.no_grad():
-        table = model.item_vectors() if len(known_rows) else None  # once, not once per chunk
-    for start in range(0, len(known_rows), chunk):
-        rows = known_rows[start : start + chunk]
+class Ranker:
+    """Ranks the whole item table for users of one recommender. What stays the same between
+    calls while the weights do (every item's vectors, the id table, the popular items that
+    unknown users get) is computed once, so a served request pays for its users only."""
+
+    def __init__(self, recommender: Recommender, popular_k: int) -> None:
+        self.recommender = recommender
+        model = recommender.model
         with torch.no_grad():
-            best = model.score_all(torch.as_tensor(users[rows], device=device), table).topk(min(k, len(recommender.items) - 1), dim=1)
-        n = best.indices.shape[1]
-        item_ids[rows, :n] = recommender.items.decode(best.indices.cpu().numpy())
-        scores[rows, :n] = best.values.float().cpu().numpy()
-    return item_ids, scores
+            self.item_tables = model.item_tables()
+        self.device = next(model.parameters()).device  # also scores a model while it trains on a GPU
+        popular = recommender.item_counts.nlargest(popular_k)  # ties: the first of equals first
+        self.popular_ids = popular.index.to_numpy(dtype=object)
+        self.popular_scores = (popular / max(1, recommender.item_counts.sum())).to_numpy(dtype=np.float32)
+
+    def top_k(self, user_ids, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and scores of the k best items per user. Users the model never saw get the
+        most popular items of its training data (at most ``popular_k``), scored by their share
+        of interactions. Slots past the end of a short catalog hold ""."""
+        recommender, model = self.recommender, self.recommender.model
+        users = recommender.users.encode(user_ids)
+        known = users >= 0
+        item_ids = np.full((len(users), k), "", dtype=object)
+        scores = np.zeros((len(users), k), dtype=np.float32)
+        n_popular = min(k, len(self.popular_ids))
+        item_ids[~known, :n_popular] = self.popular_ids[:n_popular]
+        scores[~known, :n_popular] = self.popular_scores[:n_popular]
+        known_rows = np.flatnonzero(known)
+        # A chunk's scores are (users, items): bounded to SCORE_ELEMENTS floats, whatever the catalog.
+        chunk = max(1, min(chunk, SCORE_ELEMENTS // len(recommender.items)))
+        for start in range(0, len(known_rows), chunk):
+            rows = known_rows[start : start + chunk]
+            with torch.no_grad():
+                scored = model.score_all(torch.as_tensor(users[rows], device=self.device), self.item_tables)
+                best = scored.topk(min(k, len(recommender.items) - 1), dim=1)
+            n = best.indices.shape[1]
+            item_ids[rows, :n] = recommender.items.decode(best.indices.cpu().numpy())
+            scores[rows, :n] = best.values.float().cpu().numpy()
+        return item_ids, scores
+
+
+def top_k(recommender: Recommender, user_ids: pd.Series, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Item ids and scores of the k best items per user, ranked over the whole item table (see
+    ``Ranker.top_k``), with the item tables computed for this call."""
+    return Ranker(recommender, k).top_k(user_ids, k, chunk)
 
 
 def user_sample(ids: pd.Index, n: int) -> pd.Index:

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from models.evaluate import top_k
+from models.evaluate import Ranker
 from models.train import Recommender
 
 DEFAULT_K = 10
@@ -76,29 +76,41 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.recommender = Recommender.load(context.artifacts["checkpoint"])
         self.limits = ServingLimits.from_config(context.model_config)
+        self.ranker = warm_ranker(self.recommender, self.limits)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
-            return recommend(self.recommender, model_input, self.limits)
+            return recommend(self.ranker, model_input, self.limits)
         except RefusedRequest as refused:
             # INVALID_PARAMETER_VALUE: the scoring server answers 400 with this message.
             raise MlflowException.invalid_parameter_value(str(refused)) from refused
 
 
-def recommend(recommender: Recommender, requests: pd.DataFrame, limits: ServingLimits = ServingLimits()) -> pd.DataFrame:
+def warm_ranker(recommender: Recommender, limits: ServingLimits) -> Ranker:
+    """A Ranker for serving ``recommender`` within ``limits``, warmed: the item tables, and the
+    basket memory's neighbour state that the first known user would otherwise build, are ready
+    before the first request."""
+    ranker = Ranker(recommender, limits.max_k)
+    if recommender.users.ids:
+        ranker.top_k([recommender.users.ids[0]], 1)
+    return ranker
+
+
+def recommend(ranker: Ranker | Recommender, requests: pd.DataFrame, limits: ServingLimits = ServingLimits()) -> pd.DataFrame:
     """The k best items for each requested user, ``user_id, rank, item_id, score``, rows in
-    request order and then by rank.
+    request order and then by rank. ``ranker``: the loaded model's, or a recommender (its item
+    tables are then computed for this call).
 
     Raises:
         RefusedRequest: more rows than ``limits.max_request_rows``, no ``user_id`` column, a
             missing or unreadable user id, or a k that is not a whole number from 1 to
             ``limits.max_k``; checked in that order, before any scoring.
     """
-    user_ids, ks = _read_requests(requests, limits)
+    user_ids, ks = read_requests(requests, limits)
     k_max = int(ks.max()) if len(ks) else DEFAULT_K
-    # Rank in chunks of users whose scores over the whole catalog fit SCORES_PER_CHUNK.
-    chunk = max(1, SCORES_PER_CHUNK // len(recommender.items))
-    items, scores = top_k(recommender, pd.Series(user_ids), k_max, chunk=chunk)
+    if isinstance(ranker, Recommender):
+        ranker = Ranker(ranker, k_max)
+    items, scores = rank(ranker, user_ids, k_max)
     listed = (np.arange(k_max) < ks[:, None]) & (items != "")  # each row's first k, and no empty slot of a short catalog
     rows, ranks = np.nonzero(listed)  # row-major: request order, then rank
     return pd.DataFrame(
@@ -106,7 +118,14 @@ def recommend(recommender: Recommender, requests: pd.DataFrame, limits: ServingL
     )
 
 
-def _read_requests(requests: pd.DataFrame, limits: ServingLimits) -> tuple[np.ndarray, np.ndarray]:
+def rank(ranker: Ranker, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Ranker.top_k`` of the users (model ids, as text), in chunks of users whose scores over
+    the whole catalog fit SCORES_PER_CHUNK."""
+    chunk = max(1, SCORES_PER_CHUNK // len(ranker.recommender.items))
+    return ranker.top_k(user_ids, k, chunk=chunk)
+
+
+def read_requests(requests: pd.DataFrame, limits: ServingLimits) -> tuple[np.ndarray, np.ndarray]:
     """Each row's user id as the model's text id, and its k; or RefusedRequest. The row count
     is checked first, so the per-row checks after it are bounded by the limit."""
     if len(requests) > limits.max_request_rows:
@@ -116,11 +135,11 @@ def _read_requests(requests: pd.DataFrame, limits: ServingLimits) -> tuple[np.nd
         )
     if "user_id" not in requests.columns:
         raise RefusedRequest(f"the request needs a 'user_id' column, one row per user; its columns are {list(requests.columns)}")
-    user_ids = requests["user_id"].map(_user_id).to_numpy(dtype=object)
+    user_ids = requests["user_id"].map(user_id_text).to_numpy(dtype=object)
     _refuse_rows(pd.isna(user_ids), "user_id must be text or a whole number, not null or empty", requests["user_id"])
     if "k" not in requests.columns:
         return user_ids, np.full(len(requests), limits.default_k, dtype=np.int64)
-    ks = requests["k"].map(lambda value: _k(value, limits)).to_numpy(dtype=object)
+    ks = requests["k"].map(lambda value: read_k(value, limits)).to_numpy(dtype=object)
     _refuse_rows(
         pd.isna(ks),
         f"k must be between 1 and {limits.max_k} (max_k: the FRESHREC_MAX_K setting this model version was registered "
@@ -130,7 +149,7 @@ def _read_requests(requests: pd.DataFrame, limits: ServingLimits) -> tuple[np.nd
     return user_ids, ks.astype(np.int64)
 
 
-def _user_id(value: object) -> str | None:
+def user_id_text(value: object) -> str | None:
     """A user id as the model's vocabulary holds it, or None (missing or unreadable). 17850,
     17850.0 and "17850" are one user: ids arrive as numbers from spreadsheets and JSON clients."""
     if isinstance(value, str):
@@ -144,7 +163,7 @@ def _user_id(value: object) -> str | None:
     return None
 
 
-def _k(value: object, limits: ServingLimits) -> int | None:
+def read_k(value: object, limits: ServingLimits) -> int | None:
     """A row's k (the default when null), or None when it is not a whole number from 1 to max_k."""
     if value is None or value is pd.NA or (isinstance(value, numbers.Real) and math.isnan(value)):
         return limits.default_k

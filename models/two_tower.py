@@ -58,6 +58,20 @@ class ModelArgs:
 
 
 MEMO_ELEMENTS = 2**25  # memory entries memoized_memory keeps at most: 384 MB of (int64 position, float32 value)
+# Up to this many users, neighbour similarities come from their sparse memories (a served
+# request); more (a held-out evaluation's chunk of hundreds) from their dense rows, which is
+# faster there and holds no larger intermediate.
+SPARSE_SIMILARITY_USERS = 32
+
+
+@dataclass(frozen=True)
+class CandidateShares:
+    """The neighbour candidates' memory shares, (candidates, n_items), compressed by rows (a
+    chunk's similarities are about 25x faster than from the coordinate format, with no
+    intermediate larger than the result), and the same transposed, compressed by item rows."""
+
+    by_user: torch.Tensor
+    by_item: torch.Tensor
 
 
 class TwoTower(nn.Module):
@@ -151,12 +165,19 @@ class TwoTower(nn.Module):
         return F.normalize(user_vec, dim=-1), F.normalize(F.embedding(where[1 + n_slots :], table), dim=-1)
 
     @torch.no_grad()
-    def score_all(self, users: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+    def item_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``item_vectors()`` and the same rows at unit length: what ``score_all`` needs of the
+        items, computed once for many calls while the weights stay as they are."""
+        table = self.item_vectors()
+        return table, F.normalize(table, dim=-1)
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor, item_tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Scores of every real item for each user, shape (len(users), n_items); padding is -inf.
-        ``item_table``: ``item_vectors()`` computed once for many calls (the same scores)."""
-        table = self.item_vectors() if item_table is None else item_table
+        ``item_tables``: ``item_tables()`` computed once for many calls (the same scores)."""
+        table, unit_items = self.item_tables() if item_tables is None else item_tables
         user_vec = F.normalize(self.user_vectors(users, table), dim=-1)
-        scores = user_vec @ F.normalize(table, dim=-1).T
+        scores = user_vec @ unit_items.T
         if self.args.repeat_slots and float(self.memory_weight) != 0.0:
             self._add_memory_scores(scores, users, float(self.memory_weight))
         if self.args.exclude_consumed:
@@ -216,8 +237,12 @@ class TwoTower(nn.Module):
 
     def _add_memory_scores(self, scores: torch.Tensor, users: torch.Tensor, weight: float) -> None:
         """``scores`` (len(users), n_items, contiguous) += ``weight`` x the users' memory scores."""
-        positions, values = self._personal_memory(users)
-        scores.view(-1).index_add_(0, positions, values.to(scores.dtype), alpha=weight)
+        if self._memo is None:  # each chunk's personal part added as it is computed
+            for start, personal in self._personal_chunks(users):
+                scores[start : start + len(personal)].add_(personal.to(scores.dtype), alpha=weight)
+        else:
+            positions, values = self._personal_memory(users)
+            scores.view(-1).index_add_(0, positions, values.to(scores.dtype), alpha=weight)
         peak = float(self.item_recent.max())
         if self.args.popularity_share and peak > 0:
             scores += (weight * self.args.popularity_share / peak) * self.item_recent.unsqueeze(0).to(scores.dtype)
@@ -240,32 +265,43 @@ class TwoTower(nn.Module):
         return tuple((b.data_ptr(), b._version) for b in (self.memory_items, self.memory_sums, self.memory_baskets, self.item_recent))
 
     def _compute_personal_memory(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        args = self.args
-        shares, matrix, norms, pool, position = self._memory_state()
-        candidates = args.n_users if pool is None else len(pool)
-        n = min(args.neighbours, candidates - 1)
-        # A chunk of users at a time: their dense rows and their similarities to every candidate
-        # stay under about 2^25 floats each.
-        step = max(1, min(2**25 // max(1, candidates), 2**25 // args.n_items))
         positions, values = [], []
-        for start in range(0, len(users), step):
-            part = users[start : start + step]
-            own = torch.zeros(len(part), args.n_items, device=users.device)
-            own.scatter_add_(1, self.memory_items[part], shares[part])
-            result = own.clone()
-            if n > 0 and args.neighbour_share:
-                result += args.neighbour_share * self._neighbour_mean(part, own, shares, matrix, norms, n, pool, position)
+        for start, result in self._personal_chunks(users):
             rows, items = result.nonzero(as_tuple=True)
-            positions.append((rows + start) * args.n_items + items)
+            positions.append((rows + start) * self.args.n_items + items)
             values.append(result[rows, items])
         if not positions:
             return torch.zeros(0, dtype=torch.long, device=users.device), torch.zeros(0, device=users.device)
         return torch.cat(positions), torch.cat(values)
 
-    def _neighbour_mean(self, users, own, shares, matrix, norms, n: int, pool=None, position=None) -> torch.Tensor:
+    def _personal_chunks(self, users: torch.Tensor):
+        """(position of the chunk's first user, its dense (chunk, n_items) personal memory) for
+        chunks of ``users`` whose rows and similarities to every candidate stay under about 2^25
+        floats each."""
+        args = self.args
+        shares, candidate_shares, norms, pool, position = self._memory_state()
+        candidates = args.n_users if pool is None else len(pool)
+        n = min(args.neighbours, candidates - 1)
+        step = max(1, min(2**25 // max(1, candidates), 2**25 // args.n_items))
+        for start in range(0, len(users), step):
+            part = users[start : start + step]
+            own = torch.zeros(len(part), args.n_items, device=users.device)
+            own.scatter_add_(1, self.memory_items[part], shares[part])
+            if n > 0 and args.neighbour_share:
+                own += args.neighbour_share * self._neighbour_mean(part, own, shares, candidate_shares, norms, n, pool, position)
+            yield start, own
+
+    def _neighbour_mean(self, users, own, shares, candidate_shares, norms, n: int, pool=None, position=None) -> torch.Tensor:
         """Mean memory of each user's ``n`` most similar other users among the candidates (every
         user, or the ``pool``; cosine of the memories; a user with nothing in common lends nothing)."""
-        similarity = (matrix @ own.T).T.contiguous()  # (len(users), candidates)
+        if len(users) <= SPARSE_SIMILARITY_USERS:
+            # A few users (a served request): their memories as sparse rows times the candidates'
+            # shares by item reads only the items they hold, not every candidate's memory.
+            with _sparse_beta():
+                memories = _sparse_rows(self.memory_items[users], shares[users], self.args.n_items)
+                similarity = (memories @ candidate_shares.by_item).to_dense()
+        else:
+            similarity = (candidate_shares.by_user @ own.T).T.contiguous()  # (len(users), candidates)
         candidate_norms = norms if pool is None else norms[pool]
         similarity /= (norms[users].unsqueeze(1) * candidate_norms.unsqueeze(0)).clamp(min=1e-12)
         rows = torch.arange(len(users), device=users.device)
@@ -282,8 +318,8 @@ class TwoTower(nn.Module):
         return torch.zeros_like(own).scatter_add_(1, items, values)
 
     def _memory_state(self) -> tuple:
-        """Every user's shares (n_users, slots), the neighbour candidates' shares as a sparse
-        (candidates, n_items) matrix compressed by rows, every user's norm, and the candidates: None (every user),
+        """Every user's shares (n_users, slots), the neighbour candidates' shares as sparse
+        matrices (``CandidateShares``), every user's norm, and the candidates: None (every user),
         or the ``neighbour_pool`` users with the most baskets with each user's position among
         them (-1: not a candidate). Built once per state of the memory (an in-place change bumps
         a buffer's version; moving the model makes new buffers)."""
@@ -297,17 +333,10 @@ class TwoTower(nn.Module):
                 position = torch.full((args.n_users,), -1, dtype=torch.long, device=shares.device)
                 position[pool] = torch.arange(len(pool), device=shares.device)
             candidates = torch.arange(args.n_users, device=shares.device) if pool is None else pool
-            kept = self.memory_items[candidates] > 0
-            rows = torch.arange(len(candidates), device=shares.device).unsqueeze(1).expand_as(kept)[kept]
-            # Compressed by rows: a chunk's similarities are then about 25x faster than from the
-            # coordinate format, with no intermediate larger than the result.
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                matrix = torch.sparse_coo_tensor(
-                    torch.stack([rows, self.memory_items[candidates][kept]]), shares[candidates][kept], (len(candidates), args.n_items),
-                    check_invariants=True,
-                ).coalesce().to_sparse_csr()
-            self._memory_cache = (key, shares, matrix, shares.square().sum(1).sqrt(), pool, position)
+            with _sparse_beta():
+                by_user = _sparse_rows(self.memory_items[candidates], shares[candidates], args.n_items)
+                by_item = by_user.to_sparse_coo().t().coalesce().to_sparse_csr()
+            self._memory_cache = (key, shares, CandidateShares(by_user, by_item), shares.square().sum(1).sqrt(), pool, position)
         return self._memory_cache[1:]
 
     def grow(self, n_users: int, n_items: int, n_categories: int) -> "TwoTower":
@@ -334,6 +363,24 @@ class TwoTower(nn.Module):
 
     def model_args(self) -> dict:
         return asdict(self.args)
+
+
+@contextmanager
+def _sparse_beta():
+    """Silences torch's "sparse CSR support is in beta" warning around the calls that use it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _sparse_rows(items: torch.Tensor, values: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(len(items), n_items) compressed by rows: row r holds ``values[r, j]`` at column
+    ``items[r, j]`` for every slot j with an item (item row 0 is an empty slot)."""
+    kept = items > 0
+    rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(kept)[kept]
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, items[kept]]), values[kept], (len(items), n_items), check_invariants=True,
+    ).coalesce().to_sparse_csr()
 
 
 def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

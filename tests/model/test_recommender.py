@@ -214,8 +214,8 @@ def test_memoized_memory_scores_follow_the_memory_and_end_with_the_block(champio
     users = torch.as_tensor(champion.users.encode(history["user_id"].unique()[:30]))
     plain = model.memory_scores(users)
     computed = []
-    compute = model._compute_personal_memory
-    monkeypatch.setattr(model, "_compute_personal_memory", lambda u: computed.append(len(u)) or compute(u))
+    chunks = model._personal_chunks  # every computation of the users' personal memory goes through it
+    monkeypatch.setattr(model, "_personal_chunks", lambda u: computed.append(len(u)) or chunks(u))
     with model.memoized_memory():
         first = model.memory_scores(users)
         assert torch.equal(model.memory_scores(users), first) and torch.equal(first, plain)

@@ -47,7 +47,7 @@ def no_scoring(monkeypatch):
     def scored(*args, **kwargs):
         raise AssertionError("the request was scored before it was refused")
 
-    monkeypatch.setattr(models.pyfunc, "top_k", scored)
+    monkeypatch.setattr(models.pyfunc, "rank", scored)
 
 
 def lists(frame: pd.DataFrame) -> dict[str, list[str]]:
