@@ -41,6 +41,29 @@ CATALOG_COLUMNS: dict[str, str] = {
 # Landing file names say what they hold; anything else in landing/ is left alone and reported.
 INTERACTIONS_PREFIX = "interactions"
 CATALOG_PREFIX = "catalog"
+LANDING_SUFFIXES = (".csv", ".parquet")
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
+UNKNOWN_KIND = (f"the name does not say what it holds: landing files are named {INTERACTIONS_PREFIX}*.csv|parquet "
+                f"or {CATALOG_PREFIX}*.csv|parquet")
+
+
+def kind_of(name: str) -> str | None:
+    """What a landing file holds, by its name (letter case aside): interactions*.csv|parquet or
+    catalog*.csv|parquet; None for anything else."""
+    lower = name.lower()
+    if not lower.endswith(LANDING_SUFFIXES):
+        return None
+    if lower.startswith(INTERACTIONS_PREFIX):
+        return "interactions"
+    if lower.startswith(CATALOG_PREFIX):
+        return "catalog"
+    return None
+
+
+def in_progress(name: str) -> bool:
+    """A name copy tools give a file while they write it (rsync's .name.XXXX, name.tmp,
+    name.part): left alone, without a record, until it is renamed to its final name."""
+    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
 
 # The column the quarantine adds to every bad row: the rules it broke, ";"-separated.
 REASON_COLUMN = "quarantine_reason"

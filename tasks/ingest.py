@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks import chunked
 from data_checks.catalog import validate_catalog
-from data_checks.contract import CATALOG_COLUMNS, CATALOG_PREFIX, INTERACTIONS_PREFIX
+from data_checks.contract import CATALOG_COLUMNS, UNKNOWN_KIND, in_progress, kind_of
 from data_checks.interactions import (
     CheckPartitions,
     ContractLimits,
@@ -39,12 +39,10 @@ from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult, rejected
 from flows.settings import Settings
 from models.files import locked, temporary_beside
-from tasks import ledger
+from tasks import events, ledger
 from tasks.report import BatchOutcome
 from tasks.tracking import log_validation_run, mlflow_client
 
-LANDING_SUFFIXES = (".csv", ".parquet")
-IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
 FINGERPRINTS_SUFFIX = ".fingerprints.npy"
 IGNORED_HASH = ""  # an ignored entry is not hashed: its record is keyed by name alone
 CATALOG_FILE = "catalog.parquet"
@@ -162,25 +160,6 @@ def _valid_hash_entry(entry) -> bool:
     )
 
 
-def kind_of(name: str) -> str | None:
-    """What a landing file holds, by its name (letter case aside): interactions*.csv|parquet or
-    catalog*.csv|parquet; None for anything else."""
-    lower = name.lower()
-    if not lower.endswith(LANDING_SUFFIXES):
-        return None
-    if lower.startswith(INTERACTIONS_PREFIX):
-        return "interactions"
-    if lower.startswith(CATALOG_PREFIX):
-        return "catalog"
-    return None
-
-
-def in_progress(name: str) -> bool:
-    """A name copy tools give a file while they write it (rsync's .name.XXXX, name.tmp,
-    name.part): left alone, without a record, until it is renamed to its final name."""
-    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
-
-
 def why_ignored(path: Path, landing_dir: Path) -> str | None:
     """Why freshrec does not process this entry of landing/, or None when it does."""
     if path.is_symlink():
@@ -190,8 +169,7 @@ def why_ignored(path: Path, landing_dir: Path) -> str | None:
     if not path.is_file():
         return "not a regular file"
     if kind_of(path.name) is None:
-        return (f"the name does not say what it holds: landing files are named {INTERACTIONS_PREFIX}*.csv|parquet "
-                f"or {CATALOG_PREFIX}*.csv|parquet")
+        return UNKNOWN_KIND
     return None
 
 
@@ -618,6 +596,8 @@ def validate_batch(landed: LandedFile, settings: Settings) -> BatchValidation:
         "%s: %s, %d in, %d accepted, %d quarantined%s", result.file_name, result.status, result.rows_in,
         result.rows_accepted, result.rows_quarantined, f" ({'; '.join(result.reasons)})" if result.reasons else "",
     )
+    if result.status == "rejected":
+        events.batch_rejected(result.file_name, result.batch_id, landed.sha256, result.rows_in, result.reasons)
     return result
 
 

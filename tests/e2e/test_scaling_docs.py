@@ -20,7 +20,7 @@ from tests.conftest import free_port
 from tests.e2e.test_deployments import BIN, REPO, get_json
 
 pytestmark = pytest.mark.slow
-SAME = ("name", "entrypoint", "tags", "schedules", "concurrency_limit", "enforce_parameter_schema", "parameters")
+SAME = ("name", "entrypoint", "tags", "triggers", "schedules", "concurrency_limit", "enforce_parameter_schema", "parameters")
 
 
 def deployments_of(path: Path) -> dict[str, dict]:
@@ -54,7 +54,7 @@ def test_the_containers_file_deploys_to_a_container_work_pool(tmp_path, pool_typ
             assert done.returncode == 0, f"prefect {' '.join(command)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert get_json(f"{server.url}/work_pools/{pool}")["type"] == pool_type
         deployments = get_json(f"{server.url}/deployments/filter", {})
-        assert sorted(d["name"] for d in deployments) == ["backtest", "bootstrap", "continuous-training-daily", "rollback"]
+        assert sorted(d["name"] for d in deployments) == ["backtest", "bootstrap", "continuous-training", "rollback"]
         for deployment in deployments:
             assert deployment["work_pool_name"] == pool
             variables = deployment["job_variables"]
