@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.freshrec/prefect
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test backtest backtest-weekly servers deploy clean
+.PHONY: install demo test backtest backtest-weekly servers deploy serve clean
 
 install: $(INSTALLED)
 
@@ -60,6 +60,13 @@ deploy: $(INSTALLED)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
 		FRESHREC_HOME=$${FRESHREC_HOME:-$(CURDIR)/.freshrec/deployed} PATH=$(CURDIR)/$(BIN):$$PATH \
 		$(BIN)/prefect worker start --pool freshrec-process
+
+# The recommendation service on http://127.0.0.1:$(SERVE_PORT): the champion of the settings'
+# MLflow store (after `make demo`, the demo's; with `make servers`, set
+# MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT)), swapped when the alias moves; Ctrl-C stops it.
+SERVE_PORT ?= 8000
+serve: $(INSTALLED)
+	$(BIN)/python -m flows serve --port $(SERVE_PORT)
 
 clean:
 	rm -rf $(VENV) .freshrec .freshrec-backtest .freshrec-backtest-weekly .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: python -m flows {generate,convert,import-online-retail,bootstrap,run,history,rollback,backtest,servers,ledger,demo} [--help]."""
+"""Command line: python -m flows {generate,convert,import-online-retail,bootstrap,run,history,rollback,backtest,servers,serve,land,ledger,demo} [--help]."""
 
 from __future__ import annotations
 
@@ -76,6 +76,35 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    """Copy each file into landing/ whole, never over another file, and announce it with a
+    `freshrec.batch.landed` event (docs/events.md). Exit status 2 when any file was refused."""
+    from data_checks.markup import plain_text
+    from tasks import events
+    from tasks.land import LandingRefused, land_file
+
+    landing = Path(args.landing_dir) if args.landing_dir else _settings().landing_dir
+    announce, refused = events.api_configured(), 0
+    for file in args.files:
+        try:
+            landed = land_file(Path(file), landing)
+        except (LandingRefused, OSError) as error:
+            print(plain_text(f"error: {file} is not landed: {error}"), file=sys.stderr)
+            refused += 1
+            continue
+        if not landed.new:
+            print(plain_text(f"{landed.path} is already there with the same content: nothing to do"))
+            continue
+        sent = announce and events.batch_landed(landed.file_name, landed.size_bytes, landed.sha256, str(landing.resolve()))
+        print(plain_text(
+            f"landed {landed.path} ({landed.size_bytes:,} bytes, sha256 {landed.sha256[:16]})"
+            + (f", event {events.BATCH_LANDED} sent" if sent else ", no event sent")
+        ))
+    if not announce:
+        print("no Prefect API (PREFECT_API_URL) to send events to: the next continuous-training run finds the files", file=sys.stderr)
+    return 2 if refused else 0
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
@@ -201,6 +230,15 @@ def cmd_servers(args: argparse.Namespace) -> int:
     return run(state, args.prefect_port, args.mlflow_port, args.mlflow_backend_store_uri, auth)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import run
+
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    return run(_settings(), args.host, args.port, args.workers)
+
+
 def _print_message(state) -> int:
     """A flow's final message on stdout, or its error on stderr with exit status 1."""
     if not state.is_completed():
@@ -322,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--landing-dir", default=None, help="where to write (default: the settings' landing_dir)")
     conv.set_defaults(func=cmd_convert)
 
+    land = sub.add_parser("land", help="copy files into landing/ whole, never over another, and send a freshrec.batch.landed event each")
+    land.add_argument("files", nargs="+", metavar="FILE", help="interactions*.csv|parquet or catalog*.csv|parquet files")
+    land.add_argument("--landing-dir", default=None, help="where to land (default: the settings' landing_dir)")
+    land.set_defaults(func=cmd_land)
+
     led = sub.add_parser("ledger", help="print the ledger: every landed file and what became of it")
     led.add_argument("--json", action="store_true", help="one JSON object per file")
     led.add_argument("--retry", type=int, default=None, metavar="ID", help="re-open a failed or parked batch for the next run")
@@ -362,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         help="MLflow's basic-auth app: needs MLFLOW_AUTH_ADMIN_PASSWORD, and MLFLOW_TRACKING_USERNAME/_PASSWORD for the flows' user",
     )
     srv.set_defaults(func=cmd_servers)
+
+    serve = sub.add_parser("serve", help="answer recommendations over HTTP from the champion, following the alias as it moves")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="processes answering, each with its own copy of the model (default 1)")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)

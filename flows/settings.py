@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_serializer, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, create_model, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Query parameters of a store URL whose values are credentials.
@@ -316,6 +316,17 @@ class Settings(BaseSettings):
     # minutes); both travel with each registered version.
     max_k: int = Field(default=100, ge=1, le=10_000)
     max_request_rows: int = Field(default=1_000, ge=1, le=1_000_000)
+    # The recommendation service (python -m flows serve) asks the registry this often which
+    # version the champion alias names, and swaps to it when it changed: a promotion or a
+    # rollback reaches clients within one period (plus the new version's load).
+    serve_poll_seconds: float = Field(default=10.0, gt=0, le=86_400)
+    # Request bodies larger than this are refused (413) before they are read whole.
+    serve_max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=1_073_741_824)
+    # With a secret, POST /webhooks/mlflow takes an MLflow registry webhook signed with it (an
+    # alias event) and checks the alias at once instead of at the end of the period. Unset, the
+    # endpoint does not exist. The secret never leaves the process (it is masked when settings
+    # are serialized).
+    serve_webhook_secret: SecretStr | None = None
 
     @field_validator("non_product_item_pattern")
     @classmethod

@@ -30,7 +30,7 @@ from flows.settings import Settings
 from models.plots import training_figure
 from models.pyfunc import SIGNATURE, ServingLimits
 from models.train import Recommender
-from tasks import ledger
+from tasks import events, ledger
 from tasks.gates import PromotionVerdict, UpdateDecision
 from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client, not_in_registry
 from tasks.training import Challenger, Evaluation, TrainingData
@@ -129,17 +129,23 @@ def log_run(
                 "freshrec.verdict_reasons": json.dumps(verdict.reasons),
             }
         )
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODELS_DIR / "mlflow_model.py"),
-            artifacts={"checkpoint": str(checkpoint_path), "reference": str(reference_path)},
-            code_paths=[str(MODELS_DIR)],
-            signature=SIGNATURE,
-            input_example=example,
-            model_config=serving_limits(settings).as_config(),
-            pip_requirements=serving_requirements(),
-        )
-        return run.info.run_id, info.model_uri
+        return run.info.run_id, log_served_model(checkpoint_path, reference_path, example, serving_limits(settings))
+
+
+def log_served_model(checkpoint_path: Path, reference_path: Path, example: pd.DataFrame, limits: ServingLimits) -> str:
+    """Log the registered model's form, the pyfunc of models.pyfunc with its checkpoint, drift
+    reference and serving limits, to the active MLflow run; returns its model URI."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODELS_DIR / "mlflow_model.py"),
+        artifacts={"checkpoint": str(checkpoint_path), "reference": str(reference_path)},
+        code_paths=[str(MODELS_DIR)],
+        signature=SIGNATURE,
+        input_example=example,
+        model_config=limits.as_config(),
+        pip_requirements=serving_requirements(),
+    )
+    return info.model_uri
 
 
 def log_training_curves(run_id: str, recommender: Recommender) -> None:
@@ -488,7 +494,24 @@ def register_champion(
         logger.warning("not promoted: %s", registration.reason)
     else:
         logger.info("registered %s version %s as @%s", settings.registered_model_name, registration.version, settings.champion_alias)
+        announce_promotion(settings, registration.version, champion, run_id, data, evaluation)
     return registration
+
+
+def announce_promotion(
+    settings: Settings, version: str, champion: ChampionInfo | None, run_id: str, data: TrainingData, evaluation: Evaluation
+) -> None:
+    """The `freshrec.model.promoted` event; the newest batch trained on names the batch file.
+    Never raises: the promotion is done whatever happens to its announcement."""
+    try:
+        newest = ledger.batch(ledger.connect(settings.ledger_url), max(data.batch_ids)) if data.batch_ids else None
+        events.model_promoted(
+            settings.registered_model_name, settings.champion_alias, version, champion.version if champion else None, run_id,
+            newest.file_name if newest else None, len(data.batch_ids), evaluation.challenger.k, evaluation.challenger.recall,
+            evaluation.champion.recall if evaluation.champion is not None else None,
+        )
+    except Exception as error:
+        get_run_logger().warning("event %s was not sent: %s: %s", events.MODEL_PROMOTED, type(error).__name__, error)
 
 
 # Retries: reconciling is idempotent, and it talks to both stores.
@@ -509,4 +532,5 @@ def roll_back_champion(settings: Settings, reason: str, to_version: str | None =
     get_run_logger().info(
         "@%s moved back from version %s to version %s: %s", settings.champion_alias, move.from_version, move.to_version, reason
     )
+    events.model_rolled_back(move.model_name, move.alias, move.from_version, move.to_version, move.reason, move.mlflow_run_id)
     return move
