@@ -331,6 +331,51 @@ def test_the_service_follows_a_promotion_and_a_rollback_under_load_without_losin
     assert promoted_after < POLL_SECONDS + 10 and rolled_back_after < POLL_SECONDS + 10
 
 
+def test_a_signed_mlflow_webhook_makes_the_service_check_at_once_and_a_forged_one_is_refused(service):
+    """A service that polls once an hour follows a move within seconds of MLflow's webhook (a
+    delivery signed as MLflow's server signs it); an unsigned or wrongly signed one changes nothing."""
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    secret = "webhook-secret-for-the-test"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env |= {"FRESHREC_HOME": str(service.settings.home), "FRESHREC_SERVE_POLL_SECONDS": "3600", "FRESHREC_SERVE_WEBHOOK_SECRET": secret}
+    log = service.settings.home / "serve-webhook.log"
+    process, port = start_service(env, log)
+    hooked = Service(port, process, service.settings, service.user, Answer(0, {}), log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if hooked.version() == "1":
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        state = rollback("forward again to version 2", to_version="2", settings=service.settings, return_state=True)
+        assert state.is_completed(), state.message
+
+        body = json.dumps({"entity": "model_version_alias", "action": "created", "data": {"name": "ecommerce-recommender", "alias": "champion", "version": "2"}})
+        stamp = str(int(time.time()))
+        signed = {"X-MLflow-Delivery-Id": "d-1", "X-MLflow-Timestamp": stamp, "X-MLflow-Signature": _generate_hmac_signature(secret, "d-1", stamp, body)}
+        forged = signed | {"X-MLflow-Signature": _generate_hmac_signature("a-guess", "d-1", stamp, body)}
+        for headers in ({}, forged):
+            refused = hooked.request("POST", "/webhooks/mlflow", body.encode(), headers)
+            assert refused.status == 401, refused.body
+        time.sleep(2)
+        assert hooked.version() == "1"  # nothing checked the registry
+        accepted = hooked.request("POST", "/webhooks/mlflow", body.encode(), signed)
+        assert accepted.status == 200, accepted.body
+        assert hooked.wait_for_version("2", timeout=15) < 15
+        # Without a secret, the endpoint does not exist.
+        assert service.request("POST", "/webhooks/mlflow", body.encode(), signed).status == 404
+    finally:
+        stop_group(process)
+        state = rollback("back to version 1 for the next test", to_version="1", settings=service.settings, return_state=True)
+        assert state.is_completed(), state.message
+    service.wait_for_version("1")
+
+
 def test_a_version_that_cannot_load_leaves_the_current_one_answering(service, tmp_path):
     client = MlflowClient(service.settings.mlflow_tracking_uri)
     empty = tmp_path / "not-a-model"
