@@ -250,9 +250,8 @@ class TwoTower(nn.Module):
     def _personal_memory(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The users' own share plus neighbour_share x their neighbours' mean share, as the
         nonzero entries of that (len(users), n_items) matrix: flat positions and values. Kept
-        while ``memoized_memory`` is open, up to ``MEMO_ELEMENTS`` entries in all."""
-        if self._memo is None:
-            return self._compute_personal_memory(users)
+        while ``memoized_memory`` is open (which ``_add_memory_scores`` calls this under), up to
+        ``MEMO_ELEMENTS`` entries in all."""
         key = (tuple(users.tolist()), self._memory_key(), users.device)
         if key in self._memo:
             return self._memo[key]
