@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 # No telemetry and no network from Prefect; the demo's Prefect runs are kept with the rest of
-# its state, so `prefect server start` with the same PREFECT_HOME shows them (see README).
+# its state, so `prefect server start` with the same PREFECT_HOME shows them (README, "Look at it").
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.freshrec/prefect
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
@@ -21,21 +21,24 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(INSTALLED)
-	$(BIN)/python -m flows demo
+	$(BIN)/freshrec demo
 
 # Tests keep Prefect's files out of the demo's state; each test makes its own freshrec home.
+# pytest-xdist spreads the test files over the machine's cores (TEST_WORKERS=0: one process);
+# a file's tests stay in one worker, so its module-scoped servers and champions are built once.
+TEST_WORKERS ?= auto
 test: $(INSTALLED)
 	mkdir -p .pytest_cache/prefect-home
-	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest
+	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# The Online Retail backtest (16 minutes on 2 cores, with every peer); its state stays out of the demo's.
+# The Online Retail backtest (about 16 minutes on 2 cores, with every peer); its state stays out of the demo's.
 backtest: $(INSTALLED)
-	FRESHREC_HOME=$(CURDIR)/.freshrec-backtest $(BIN)/python -m flows backtest --source online-retail --period month \
+	FRESHREC_HOME=$(CURDIR)/.freshrec-backtest $(BIN)/freshrec backtest --source online-retail --period month \
 		--data $(CURDIR)/../shared/data/online_retail.csv.gz --out benchmarks/results/backtest_online_retail.json
 
 # The same, week by week (47 test weeks): never, weekly retraining and the triggered policy, every peer.
 backtest-weekly: $(INSTALLED)
-	FRESHREC_HOME=$(CURDIR)/.freshrec-backtest-weekly $(BIN)/python -m flows backtest --source online-retail --period week \
+	FRESHREC_HOME=$(CURDIR)/.freshrec-backtest-weekly $(BIN)/freshrec backtest --source online-retail --period week \
 		--policy never --policy retrain --policy triggered \
 		--data $(CURDIR)/../shared/data/online_retail.csv.gz --out benchmarks/results/backtest_online_retail_weekly.json
 
@@ -47,7 +50,7 @@ backtest-weekly: $(INSTALLED)
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 servers: $(INSTALLED)
-	$(BIN)/python -m flows servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+	$(BIN)/freshrec servers --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
 		$(if $(MLFLOW_AUTH),--mlflow-auth)
 
 # Deploys every flow of prefect.yaml to the servers of `make servers`, then starts a process
@@ -66,7 +69,7 @@ deploy: $(INSTALLED)
 # MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT)), swapped when the alias moves; Ctrl-C stops it.
 SERVE_PORT ?= 8000
 serve: $(INSTALLED)
-	$(BIN)/python -m flows serve --port $(SERVE_PORT)
+	$(BIN)/freshrec serve --port $(SERVE_PORT)
 
 clean:
 	rm -rf $(VENV) .freshrec .freshrec-backtest .freshrec-backtest-weekly .pytest_cache

@@ -16,18 +16,16 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from data_checks.drift import ChampionCounts, detect_drift, reference_sample  # noqa: E402
 from data_checks.sources.synthetic import ShopConfig, SyntheticShop  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from models.settings import Settings  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.train import TrainConfig, prepare, train  # noqa: E402
 from tasks.gates import UpdateSignals, decide_update  # noqa: E402

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -25,11 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from data_checks.drift import ChampionCounts, detect_drift, reference_sample  # noqa: E402
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from models.settings import Settings  # noqa: E402
 
 KINDS = {
     "same distribution": BatchOptions(),

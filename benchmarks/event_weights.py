@@ -4,9 +4,9 @@
 
 The funnel shop (data_checks/sources/funnel.py: views, carts and purchases, no price, country or
 order) is landed through its mapping file and replayed week by week through the real pipeline
-(tasks/backtest.py's protocol, scored on purchases), once per weighting of freshrec's training:
+(flows/backtest_harness.py's protocol, scored on purchases), once per weighting of freshrec's training:
 
-- the default weights (flows/settings.py: view 0.1, click 0.2, add_to_cart 0.5, purchase 1);
+- the default weights (models/settings.py: view 0.1, click 0.2, add_to_cart 0.5, purchase 1);
 - purchases alone (views and carts weigh 0: they never reach training);
 - every event counting 1 (views as purchases).
 
@@ -34,8 +34,8 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from data_checks.sources.funnel import FunnelConfig  # noqa: E402
 from flows.backtest import funnel_periods  # noqa: E402
-from flows.settings import Settings  # noqa: E402
-from tasks import backtest as bt  # noqa: E402
+from models.settings import Settings  # noqa: E402
+from flows import backtest_harness as bt  # noqa: E402
 
 WEIGHTINGS = {
     "default weights": {},

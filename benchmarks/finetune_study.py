@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,11 +30,10 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from data_checks.interactions import validate_interactions  # noqa: E402
 from data_checks.sources.online_retail import catalog, read_source, to_contract  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from models.settings import Settings  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.text import catalog_title_vectors  # noqa: E402
 from models.train import Recommender, TrainConfig, prepare, remember, train  # noqa: E402

@@ -45,7 +45,7 @@ For each shop, under ``--work`` (default: <system temp dir>/freshrec-scale, neve
 Both children get their settings as FRESHREC_* variables (as a deployment's worker would), share
 one Prefect server the benchmark starts on loopback, and track to the MLflow SQLite store in the
 shop's freshrec home. Each child's peak RSS comes from ``os.wait4``; the update's stages are the
-run times of its Prefect task runs (``validate-batch``, ``detect-drift``, ``measure-decay``,
+run times of its Prefect task runs (``validate-batch``, ``detect-batch-drift``, ``measure-decay``,
 ``assemble-training-data``, ``train-challenger``, ``evaluate-models``, ``log-training-run``,
 ``register-champion``; every other task counts as "other"); its training throughput is
 (new + replayed rows) x epochs / ``train_seconds``, read from the MLflow training run (and, for
@@ -92,7 +92,7 @@ COLOURS = np.array(["red", "blue", "green", "cream", "black", "white", "pink", "
 # Prefect task names per stage of the update; every other task run of the update is "other".
 STAGES = {
     "validate": ("validate-batch",),
-    "drift": ("detect-drift",),
+    "drift": ("detect-batch-drift",),
     "decay": ("measure-decay",),
     "assemble": ("assemble-training-data",),
     "train": ("train-challenger",),
@@ -318,7 +318,7 @@ def consume_older_weeks(result_path: Path) -> int:
     ledger then records them as consumed by the champion and the replay history folds them in
     (``tasks.history.fold``): the state a shop has after months of updates, whose older batches
     an update reads only through the replay history (they all precede the champion's watermark)."""
-    from flows.settings import Settings
+    from models.settings import Settings
     from flows.validate_landing import validate_landing
     from tasks import ledger
     from tasks.history import fold
@@ -503,7 +503,7 @@ def training_run(home: Path, run_id: str) -> dict:
     """The MLflow training run's rows, epochs and seconds."""
     from mlflow import MlflowClient
 
-    from flows.settings import Settings
+    from models.settings import Settings
 
     run = MlflowClient(Settings(home=home).mlflow_tracking_uri).get_run(run_id)
     params, metrics = run.data.params, run.data.metrics

@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402

@@ -12,7 +12,7 @@ backtest's protocol (Recall@20 and NDCG@20 over the users seen before). It grids
   scored on its own (the towers are trained per update and their weight is calibrated then).
 
 Writes benchmarks/results/tuning_december_2011.json; the backtest's tuned peers
-(tasks/backtest.py TUNED_*) and the memory's defaults (flows/settings.py) are its choices.
+(flows/backtest_harness.py TUNED_*) and the memory's defaults (models/settings.py) are its choices.
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 from data_checks.sources.online_retail import write_landing  # noqa: E402
-from flows.backtest import ONLINE_RETAIL  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from models.settings import Settings  # noqa: E402
 from flows.validate_landing import validate_new_files  # noqa: E402
 from models.baselines import TIFUKNN, UPCF  # noqa: E402
 from models.evaluate import evaluate, relevant_sets  # noqa: E402
 from models.train import TrainConfig, prepare  # noqa: E402
-from tasks import backtest as bt  # noqa: E402
+from flows import backtest_harness as bt  # noqa: E402
 from tasks.ingest import load_catalog  # noqa: E402
 
 TUNE_MONTH = "2011-12"
@@ -71,7 +70,7 @@ def accepted_months(data: Path, home: Path) -> tuple[dict[str, pd.DataFrame], pd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ONLINE_RETAIL)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "online_retail.csv.gz", help="the UCI Online Retail file")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tuning_december_2011.json")
     args = parser.parse_args()
     started = time.perf_counter()

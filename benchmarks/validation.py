@@ -99,7 +99,7 @@ def main() -> None:
         write_batch(args.write_batch, args.rows, args.champion_dir)
         return
 
-    from flows.settings import Settings
+    from models.settings import Settings
     from tasks.ingest import LandedFile, sha256_of, validate_file
 
     with tempfile.TemporaryDirectory() as tmp:

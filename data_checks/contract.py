@@ -1,4 +1,4 @@
-"""The data contract every source is mapped to (README, "The data contract").
+"""The data contract every source is mapped to (docs/your-data.md).
 
 An interaction needs a user, an item and a time; everything else is optional. A source without
 ``event_type`` sends purchases; one without ``order_id`` has a basket per user and day; one

@@ -1,6 +1,6 @@
 """The interaction batch contract: batch-level checks, then the row rules (see rules.py).
 
-What the contract says about the rows real shops send (README, "The data contract"):
+What the contract says about the rows real shops send (docs/your-data.md, "The data contract"):
 defects (missing ids, values that do not parse, impossible prices or dates) are errors;
 cancellations, write-offs, anonymous checkouts, non-product lines (postage, fees), free items,
 exact duplicates and outlier quantities are known kinds of rows kept out of training by policy.

@@ -37,6 +37,16 @@ def plain_text(value: object) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def plain_table(rows: list[tuple[str, ...]] | list[list[str]]) -> list[str]:
+    """Fixed-width lines for a terminal: the header row, a rule, the other rows. Every cell goes
+    through ``plain_text``, so a file name or a reason from the data cannot break a line."""
+    cells = [[plain_text(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
 def md_text(value: object) -> str:
     """``value`` as inline Markdown (a heading's text, a list item, a table cell, an artifact's
     description) that renders as the literal text on one line.

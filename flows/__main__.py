@@ -1,19 +1,19 @@
-"""Command line: python -m flows {generate,convert,import-online-retail,bootstrap,run,history,rollback,backtest,servers,serve,land,ledger,demo} [--help]."""
+"""Command line: ``freshrec COMMAND`` (the console script) or ``python -m flows COMMAND``; ``--help`` lists the commands.
+
+It parses arguments and prints; what a command reads or writes it asks of the flows
+(``flows/commands.py`` for the ledger, the alias history, landing and the demo's home).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
-DEMO_MARKER = "DEMO"
-
-
 def _settings(**overrides):
-    from flows.settings import Settings
+    from models.settings import Settings
 
     return Settings(**overrides)
 
@@ -82,44 +82,38 @@ def cmd_land(args: argparse.Namespace) -> int:
     """Copy each file into landing/ whole, never over another file, and announce it with a
     `freshrec.batch.landed` event (docs/events.md). Exit status 2 when any file was refused."""
     from data_checks.markup import plain_text
-    from tasks import events
-    from tasks.land import LandingRefused, land_file
+    from flows import commands
 
     landing = Path(args.landing_dir) if args.landing_dir else _settings().landing_dir
-    announce, refused = events.api_configured(), 0
-    for file in args.files:
-        try:
-            landed = land_file(Path(file), landing)
-        except (LandingRefused, OSError) as error:
-            print(plain_text(f"error: {file} is not landed: {error}"), file=sys.stderr)
-            refused += 1
-            continue
-        if not landed.new:
+    reports = commands.land(args.files, landing)
+    for report in reports:
+        landed = report.landed
+        if landed is None:
+            print(plain_text(f"error: {report.file} is not landed: {report.error}"), file=sys.stderr)
+        elif not landed.new:
             print(plain_text(f"{landed.path} is already there with the same content: nothing to do"))
-            continue
-        sent = announce and events.batch_landed(landed.file_name, landed.size_bytes, landed.sha256, str(landing.resolve()))
-        print(plain_text(
-            f"landed {landed.path} ({landed.size_bytes:,} bytes, sha256 {landed.sha256[:16]})"
-            + (f", event {events.BATCH_LANDED} sent" if sent else ", no event sent")
-        ))
-    if not announce:
+        else:
+            print(plain_text(
+                f"landed {landed.path} ({landed.size_bytes:,} bytes, sha256 {landed.sha256[:16]})"
+                + (f", event {commands.events.BATCH_LANDED} sent" if report.event_sent else ", no event sent")
+            ))
+    if not commands.events_configured():
         print("no Prefect API (PREFECT_API_URL) to send events to: the next continuous-training run finds the files", file=sys.stderr)
-    return 2 if refused else 0
+    return 2 if any(report.landed is None for report in reports) else 0
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     from data_checks.markup import plain_text
-    from tasks import ledger
+    from flows import commands
 
     settings = _settings()
-    engine = ledger.connect(settings.ledger_url)
     if args.retry is not None:
-        if not ledger.retry_batch(engine, args.retry):
+        if not commands.retry_batch(settings, args.retry):
             print(f"error: batch {args.retry} is not failed or parked: nothing to re-open", file=sys.stderr)
             return 2
         print(f"batch {args.retry} re-opened: the next continuous-training run updates on it again")
         return 0
-    rows = ledger.all_batches(engine)
+    rows = commands.batches(settings)
     if args.json:
         for row in rows:
             print(json.dumps(row.__dict__, default=str))
@@ -138,61 +132,50 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     _print_table(table)
     totals = [sum(getattr(r, f) for r in rows if r.kind == "interactions") for f in ("rows_in", "rows_accepted", "rows_quarantined")]
     print(f"\ninteraction rows: {totals[0]:,} in = {totals[1]:,} accepted + {totals[2]:,} quarantined")
-    stuck = [r for r in rows if r.decision in ("failed", "parked")]
+    stuck = commands.stuck(rows)
     if stuck:
         print(plain_text(f"{len(stuck)} batch(es) whose update failed: " + ", ".join(f"{r.id} {r.file_name} ({r.decision})" for r in stuck)), file=sys.stderr)
     return 0
 
 
 def _print_table(table: list[tuple[str, ...]]) -> None:
-    from data_checks.markup import plain_text
+    from data_checks.markup import plain_table
 
-    # A file name or a reason from the data cannot break a line or drive the terminal.
-    table = [tuple(plain_text(cell) for cell in row) for row in table]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for i, row in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print("\n".join(plain_table(table)))
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Every move of the champion alias: when, from, to, why and which run."""
     from data_checks.markup import plain_text
-    from flows.settings import redact
-    from tasks import ledger
-    from tasks.tracking import champion_version, mlflow_client
+    from flows import commands
+    from models.settings import redact
 
     settings = _settings()
-    moves = ledger.moves(ledger.connect(settings.ledger_url), settings.registered_model_name)
+    history = commands.alias_history(settings)
     if args.json:
-        for move in moves:
+        for move in history.moves:
             print(json.dumps(move.__dict__, default=str))
         return 0
-    if not moves:
+    if not history.moves:
         print(f"no alias moves recorded for {settings.registered_model_name} in {redact(settings.ledger_url)}")
         return 0
     table = [("#", "when (UTC)", "alias", "action", "from", "to", "mlflow run", "why")]
-    for m in moves:
+    for m in history.moves:
         table.append((
             str(m.seq), m.moved_at.strftime("%Y-%m-%d %H:%M:%S"), m.alias, m.action, m.from_version or "-", m.to_version,
             (m.mlflow_run_id or "-")[:12], m.reason,
         ))
     _print_table(table)
-    stuck = [b for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.decision in ("failed", "parked")]
-    if stuck:
-        print(f"\n{len(stuck)} batch(es) no version was trained on, their update failed (python -m flows ledger):")
-        for b in stuck:
+    if history.stuck:
+        print(f"\n{len(history.stuck)} batch(es) no version was trained on, their update failed (freshrec ledger):")
+        for b in history.stuck:
             print("  " + plain_text(f"{b.id} {b.file_name}: {b.decision} after {b.update_attempts} attempt(s): {b.update_error}"))
-    client, _ = mlflow_client(settings)
-    current = champion_version(client, settings)
-    recorded = ledger.latest_move(ledger.connect(settings.ledger_url), settings.registered_model_name, settings.champion_alias)
-    if recorded is not None and (current is None or str(current.version) != recorded.to_version):
+    if history.disagrees:
         print(
-            f"\nwarning: the registry has @{settings.champion_alias} = {current.version if current else None}, but the last "
-            f"recorded move is to version {recorded.to_version}: a run was stopped in the middle of the move, or the alias "
+            f"\nwarning: the registry has @{settings.champion_alias} = {history.registry_version}, but the last "
+            f"recorded move is to version {history.recorded_version}: a run was stopped in the middle of the move, or the alias "
             f"was moved outside freshrec. The next flow run (its reconcile-registry task) moves it to version "
-            f"{recorded.to_version}; to serve another version, `python -m flows rollback --to VERSION --reason ...`.",
+            f"{history.recorded_version}; to serve another version, `freshrec rollback --to VERSION --reason ...`.",
             file=sys.stderr,
         )
         return 1
@@ -239,6 +222,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(_settings(), args.host, args.port, args.workers)
 
 
+def cmd_settings_reference(args: argparse.Namespace) -> int:
+    from models.settings import settings_reference
+
+    print(settings_reference(), end="")
+    return 0
+
+
 def _print_message(state) -> int:
     """A flow's final message on stdout, or its error on stderr with exit status 1."""
     if not state.is_completed():
@@ -249,7 +239,7 @@ def _print_message(state) -> int:
 
 
 def _run_flow(flow_fn, as_json: bool, settings=None, **parameters) -> int:
-    from tasks.report import format_table, in_landing_order
+    from flows import commands
 
     state = flow_fn(settings=settings or _settings(), return_state=True, **parameters)
     if not state.is_completed():
@@ -257,10 +247,10 @@ def _run_flow(flow_fn, as_json: bool, settings=None, **parameters) -> int:
         return 1
     outcomes = state.result()
     if as_json:
-        for outcome in in_landing_order(outcomes):
-            print(json.dumps(outcome.to_json()))
+        for outcome in commands.outcome_json(outcomes):
+            print(json.dumps(outcome))
     else:
-        print(format_table(outcomes))
+        print(commands.outcome_table(outcomes))
         print(f"\n{state.message}")
     return 0
 
@@ -279,26 +269,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Reset the demo's state, then: two weeks land, bootstrap, six more land, run."""
-    settings = _settings()
-    home = settings.home
-    if home.exists():
-        precious = [p.name for p in home.iterdir() if p.name in ("ledger.db", "mlflow.db", "accepted")]
-        if precious and not (home / DEMO_MARKER).exists():
-            print(
-                f"error: {home} holds state that the demo did not create; set FRESHREC_HOME to another "
-                "directory for the demo, or move it away",
-                file=sys.stderr,
-            )
-            return 2
-        print(f"Resetting the demo state in {home}")
-        for entry in home.iterdir():
-            # PREFECT_HOME (run history, a UI may be reading it) and what `make servers` and
-            # `make deploy` keep (their servers' stores, the deployed flows' state) are not the demo's.
-            if entry.name in ("prefect", "servers", "deployed"):
-                continue
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    home.mkdir(parents=True, exist_ok=True)
-    (home / DEMO_MARKER).write_text("created by `python -m flows demo`; the next demo deletes this directory\n")
+    from flows import commands
+
+    home = _settings().home
+    try:
+        if commands.reset_demo_home(home):
+            print(f"Resetting the demo state in {home}")
+    except commands.HomeInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     generate = argparse.Namespace(landing_dir=None, seed=args.seed, drift_from_week=6, bad_rows_week=[3], broken_week=[4])
     # The demo writes whole files into landing/ (each renamed into place) and runs at once.
@@ -321,7 +300,8 @@ def _utc_time(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="freshrec: keep a recommender fresh.")
+    prog = "python -m flows" if Path(sys.argv[0]).name == "__main__.py" else "freshrec"
+    parser = argparse.ArgumentParser(prog=prog, description="freshrec: keep a recommender fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write synthetic weekly batches into the landing area")
@@ -383,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--source", choices=("online-retail", "synthetic", "funnel"), default="online-retail",
                     help="the UCI file, the synthetic purchase shop, or the funnel shop of views, carts and purchases")
     bt.add_argument("--period", choices=("month", "week"), default="month", help="one batch per period (online-retail)")
-    bt.add_argument("--data", default=None, help="the Online Retail file (default: ../shared/data/online_retail.csv.gz)")
+    bt.add_argument("--data", default=None, help="the UCI Online Retail file, online_retail.csv.gz (needed with --source online-retail)")
     bt.add_argument("--policy", action="append", choices=("never", "retrain", "incremental", "triggered"), help="only these policies (repeatable; default all)")
     bt.add_argument("--no-peers", action="store_true", help="leave the peers out")
     bt.add_argument("--no-als", action="store_true", help="leave ALS out (it needs the dev dependency `implicit`)")
@@ -415,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="reset the demo state, generate, bootstrap and run (what `make demo` does)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    ref = sub.add_parser("settings-reference", help="print the settings reference (docs/settings.md) in Markdown")
+    ref.set_defaults(func=cmd_settings_reference)
 
     args = parser.parse_args(argv)
     return args.func(args)

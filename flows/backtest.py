@@ -7,7 +7,7 @@
 Every policy (never update, retrain from scratch every period, incremental every period,
 triggered incremental) and every peer (recent popularity, repeat purchase, item-kNN, TIFU-KNN, UP-CF@r, ALS) is
 scored prequentially on each test period; the report (JSON and a plot) is written and logged to
-MLflow. See tasks/backtest.py for the protocol.
+MLflow. See flows/backtest_harness.py for the protocol.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from data_checks.markup import md_text
 from data_checks.sources import funnel
 from data_checks.sources.mapping import load_mapping, write_landing
 from data_checks.sources.synthetic import ShopConfig, write_weeks
-from flows.settings import Settings
-from tasks import backtest as bt
+from models.settings import Settings
+from flows import backtest_harness as bt
 
-ONLINE_RETAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
 ONLINE_RETAIL_BOOTSTRAP = ["2010-12"]
 ONLINE_RETAIL_TESTS = [f"2011-{m:02d}" for m in range(1, 12)]  # December 2011 is a partial month
 
@@ -40,7 +39,7 @@ def online_retail_periods(data_path: Path, work: Path, period: str) -> tuple[lis
     from data_checks.sources.online_retail import write_landing
 
     if not data_path.exists():
-        raise FileNotFoundError(f"{data_path} not found: pass the UCI Online Retail file (see ../shared/data/README.md)")
+        raise FileNotFoundError(f"{data_path} not found: pass the UCI Online Retail file (online_retail.csv.gz)")
     source = work / "source"
     written = write_landing(data_path, source, period)
     catalog = next(p for p in written if p.name.startswith("catalog-"))
@@ -88,7 +87,9 @@ def prepare_periods(
 ) -> tuple[list[bt.Period], list[bt.Period]]:
     """The source's landing files, written once under ``work``, grouped into periods."""
     if source == "online-retail":
-        bootstrap, tests = online_retail_periods(Path(data_path) if data_path else ONLINE_RETAIL, work, period)
+        if not data_path:
+            raise ValueError("the online-retail backtest needs data_path: the UCI Online Retail file (online_retail.csv.gz, CC BY 4.0)")
+        bootstrap, tests = online_retail_periods(Path(data_path), work, period)
     elif source == "funnel":
         bootstrap, tests = funnel_periods(work, weeks, bootstrap_weeks, drift_from_week, funnel_shop or funnel.FunnelConfig(), seed)
     else:
@@ -101,7 +102,7 @@ def prepare_periods(
 
 
 @task(name="publish-backtest-report", cache_policy=NO_CACHE)
-def publish_report(result: dict, out: Path, settings: Settings) -> dict:
+def publish_backtest_report(result: dict, out: Path, settings: Settings) -> dict:
     """The report as JSON and a plot at ``out``, an MLflow run and a Prefect artifact."""
     files = bt.write_report(result, out)
     result = {**result, "mlflow_run_id": bt.log_report(settings, result, files)}
@@ -183,5 +184,5 @@ def backtest(
     result = bt.report(
         source, period, bootstrap, tests, tracks, time.perf_counter() - started, settings.target_event, settings.event_weights()
     )
-    result = publish_report(result, Path(out) if out else work / "report.json", settings)
+    result = publish_backtest_report(result, Path(out) if out else work / "report.json", settings)
     return Completed(message=bt.format_report(result), data=result)

@@ -7,21 +7,16 @@ from datetime import datetime
 from prefect import flow
 from prefect.states import Completed, State
 
-from flows.settings import Settings
+from models.settings import Settings
+from flows.train_and_gate import NotEnoughDataError, train_and_gate
 from flows.validate_landing import validate_new_files
-from tasks.gates import judge_challenger
-from tasks.history import fold_consumed_history
-from tasks.registry import log_training_run, reconcile_registry, register_champion
+from tasks.registry import reconcile_registry
 from tasks.report import BatchOutcome, publish_report
-from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, prune_model_files, remember_evaluated_holdout, train_challenger
+from tasks.tracking import load_champion, parent_run
+from tasks.training import prune_model_files
 
 
 class ChampionExistsError(RuntimeError):
-    pass
-
-
-class NotEnoughDataError(RuntimeError):
     pass
 
 
@@ -45,28 +40,14 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
             f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
             "bootstrap trains the first champion; new data goes through the continuous-training flow"
         )
-    outcomes = [BatchOutcome.of_validation(v) for v in validate_new_files(settings)]
-    data = assemble_training_data(settings, None, until)
-    if data.rows < settings.min_new_rows:
-        raise NotEnoughDataError(
-            f"only {data.rows:,} accepted rows in {settings.landing_dir}; the first champion needs at least "
-            f"{settings.min_new_rows:,} (settings.min_new_rows)"
-        )
-    challenger = train_challenger(data, None, settings)
-    evaluation = evaluate_models(challenger, None, data, settings)
-    challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.evidence(challenger.init_from), settings)
-    run_id, model_uri = log_training_run(settings, "bootstrap", data, challenger, evaluation, verdict, None)
-    registration = register_champion(settings, run_id, model_uri, None, verdict, data, evaluation) if verdict.promote else None
-    version = registration.version if registration else None
-    if version is not None:
-        fold_consumed_history(settings)
-    reasons = verdict.reasons + ([f"not promoted: {registration.reason}"] if registration and version is None else [])
+    with parent_run(settings, "bootstrap"):  # this run's MLflow runs nest under one
+        outcomes = [BatchOutcome.of_validation(v) for v in validate_new_files(settings)]
+        trained = train_and_gate(settings, "bootstrap", None, until=until)
     outcomes.append(
         BatchOutcome(
-            "bootstrap (from scratch)", data.rows, data.rows, 0, "trained", update=True, reasons=reasons,
-            challenger_recall=evaluation.challenger.recall, promoted=version is not None, champion_version=version,
-            mlflow_run_id=run_id,
+            "bootstrap (from scratch)", trained.rows, trained.rows, 0, "trained", update=True, reasons=trained.reasons,
+            challenger_recall=trained.challenger_recall, promoted=trained.promoted, champion_version=trained.champion_version,
+            mlflow_run_id=trained.mlflow_run_id,
         )
     )
     prune_model_files(settings)

@@ -6,16 +6,16 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, State
 
-from flows.settings import Settings, redact
+from models.settings import Settings, redact
 from flows.validate_landing import validate_new_files
-from tasks.gates import decide, judge_challenger
-from tasks.history import fold_consumed_history
+from flows.train_and_gate import train_and_gate
+from tasks.gates import decide
 from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
-from tasks.registry import log_training_run, reconcile_registry, register_champion
+from tasks.registry import reconcile_registry
 from tasks.report import BatchOutcome, publish_report
-from tasks.tracking import load_champion
-from tasks.training import assemble_training_data, evaluate_models, prune_model_files, remember_evaluated_holdout, train_challenger
+from tasks.tracking import load_champion, parent_run
+from tasks.training import prune_model_files
 
 
 class NoChampionError(RuntimeError):
@@ -40,21 +40,10 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     if not decision.update:
         return outcome
 
-    data = assemble_training_data(settings, champion, through_batch_id=validation.batch_id)
-    challenger = train_challenger(data, champion, settings)
-    evaluation = evaluate_models(challenger, champion, data, settings)
-    challenger = remember_evaluated_holdout(challenger, data)
-    verdict = judge_challenger(evaluation.evidence(challenger.init_from), settings)
-    run_id, model_uri = log_training_run(settings, validation.file_name, data, challenger, evaluation, verdict, champion, decision, drift)
-    outcome.challenger_recall, outcome.champion_recall = evaluation.challenger.recall, evaluation.champion.recall
-    outcome.reasons, outcome.mlflow_run_id = decision.reasons + verdict.reasons, run_id
-    if verdict.promote:
-        registration = register_champion(settings, run_id, model_uri, champion, verdict, data, evaluation)
-        outcome.promoted, outcome.champion_version = registration.version is not None, registration.version or champion.version
-        if registration.version is None:
-            outcome.reasons.append(f"not promoted: {registration.reason}")
-        else:
-            fold_consumed_history(settings)
+    trained = train_and_gate(settings, validation.file_name, champion, through_batch_id=validation.batch_id, decision=decision, drift=drift)
+    outcome.challenger_recall, outcome.champion_recall = trained.challenger_recall, trained.champion_recall
+    outcome.reasons, outcome.mlflow_run_id = decision.reasons + trained.reasons, trained.mlflow_run_id
+    outcome.promoted, outcome.champion_version = trained.promoted, trained.champion_version
     finish_update(settings, validation.batch_id)
     return outcome
 
@@ -76,15 +65,16 @@ def continuous_training(settings: Settings | None = None) -> State:
             f"no {settings.registered_model_name}@{settings.champion_alias} in {redact(settings.mlflow_tracking_uri)}: "
             "run the bootstrap flow first (python -m flows bootstrap)"
         )
-    # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.
-    outcomes = [
-        BatchOutcome.of_validation(v) for v in validate_new_files(settings) if v.kind == "catalog" or v.rows_accepted == 0
-    ]
-    # Every accepted batch without a decision, this run's and any an earlier run left or failed on.
-    # One batch's failure is recorded and the run goes on; only a pipeline that cannot work stops it.
-    for validation in find_undecided_batches(settings):
-        state = update_on_batch(validation, settings, return_state=True)
-        outcomes.append(state.result() if state.is_completed() else record_batch_failure(settings, validation, state.message or state.name))
+    with parent_run(settings, "continuous-training"):  # this run's MLflow runs nest under one
+        # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.
+        outcomes = [
+            BatchOutcome.of_validation(v) for v in validate_new_files(settings) if v.kind == "catalog" or v.rows_accepted == 0
+        ]
+        # Every accepted batch without a decision, this run's and any an earlier run left or failed on.
+        # One batch's failure is recorded and the run goes on; only a pipeline that cannot work stops it.
+        for validation in find_undecided_batches(settings):
+            state = update_on_batch(validation, settings, return_state=True)
+            outcomes.append(state.result() if state.is_completed() else record_batch_failure(settings, validation, state.message or state.name))
     prune_model_files(settings)
     summary = publish_report("Continuous training", outcomes)
     return Completed(message=summary, data=outcomes)

@@ -2,7 +2,7 @@
 
 Each flow here is the entrypoint of one deployment in prefect.yaml. Its parameters are the only
 input a deployment run takes from Prefect: `overrides` (the allow-listed thresholds and training
-knobs of flows.settings.RUN_OVERRIDABLE, each bounded) and the flow's own bounded choices. The
+knobs of models.settings.RUN_OVERRIDABLE, each bounded) and the flow's own bounded choices. The
 rest of the settings (paths, stores and their credentials, the Dask scheduler) are the worker's
 environment, read when the run starts. Each body runs inside this run (``.fn``), so the UI shows
 one flow run with its tasks, as for a run started from the command line.
@@ -22,7 +22,7 @@ from flows import backtest as backtest_flow
 from flows import bootstrap as bootstrap_flow
 from flows import continuous_training as continuous_training_flow
 from flows import rollback as rollback_flow
-from flows.settings import RunOverrides, Settings
+from models.settings import RunOverrides, Settings
 
 # The audit trail keeps a rollback's reason: words for the next person on call, not a document.
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]

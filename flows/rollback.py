@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, State
 
-from flows.settings import Settings
+from models.settings import Settings
 from tasks.registry import reconcile_registry, roll_back_champion
 
 

@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flows.settings import Settings, redact
+from models.settings import Settings, redact
 from models.evaluate import Ranker
 from models.pyfunc import RecommenderModel, RefusedRequest, ServingLimits, rank, read_k, read_requests
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import TaskRunner
 
-from flows.settings import Settings
+from models.settings import Settings
 from tasks.ingest import BatchValidation, ingest_landing, publish_validation, validate_batch, validation_failed
 
 

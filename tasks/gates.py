@@ -12,7 +12,7 @@ from datetime import datetime
 import pandas as pd
 from prefect import task
 
-from flows.settings import Settings
+from models.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -187,5 +187,5 @@ def champion_age_days(batch_until: datetime | None, trained_until: pd.Timestamp)
     return max(0.0, (pd.Timestamp(batch_until) - trained_until).total_seconds() / 86_400)
 
 
-decide = task(name="decide-update")(decide_update)
+decide = task(name="decide")(decide_update)
 judge_challenger = task(name="judge-challenger")(promotion_verdict)

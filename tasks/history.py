@@ -37,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from data_checks.contract import EVENT_TYPES, empty_interactions, with_contract_columns
-from flows.settings import Settings
+from models.settings import Settings
 from models.files import locked, temporary_beside
 from tasks import ledger
 

@@ -20,6 +20,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_checks import chunked
+import data_checks.interactions as interaction_checks
 from data_checks.catalog import validate_catalog
 from data_checks.contract import CATALOG_COLUMNS, UNKNOWN_KIND, in_progress, kind_of
 from data_checks.interactions import (
@@ -28,7 +29,6 @@ from data_checks.interactions import (
     EarlierBatches,
     PartitionChecks,
     check_here,
-    check_partition,
     naive_time_count,
     row_fingerprints,
     validate_interactions,
@@ -37,7 +37,7 @@ from data_checks.landing import EmptyFileError, count_records, is_parquet, outpu
 from data_checks.markup import md_text
 from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult, rejected
-from flows.settings import Settings
+from models.settings import Settings
 from models.files import locked, temporary_beside
 from tasks import events, ledger
 from tasks.report import BatchOutcome
@@ -577,14 +577,13 @@ def ingest_landing(settings: Settings) -> list[LandedFile]:
     return files
 
 
-@task(name="check-partition", cache_policy=NO_CACHE)
-def check_partition_task(raw: pd.DataFrame, limits: ContractLimits) -> PartitionChecks:
-    return check_partition(raw, limits)
+# The pure check of data_checks.interactions, as a task a Dask task runner can run.
+check_partition = task(name="check-partition", cache_policy=NO_CACHE)(interaction_checks.check_partition)
 
 
 def check_on_task_runner(parts: list[pd.DataFrame], limits: ContractLimits) -> list[PartitionChecks]:
     """Each partition a `check-partition` task on the flow's task runner (a Dask cluster)."""
-    futures = check_partition_task.map(parts, unmapped(limits))
+    futures = check_partition.map(parts, unmapped(limits))
     return [future.result() for future in futures]
 
 

@@ -15,13 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from data_checks.drift import ChampionCounts, DriftResult, detect_file_drift, is_in
 from data_checks.landing import output_stem
 from data_checks.markup import md_text, url_segment
-from flows.settings import Settings
+from models.settings import Settings
 from models.evaluate import evaluate, user_sample
 from models.train import Recommender
 from tasks import ledger
 from tasks.gates import UpdateDecision, UpdateSignals, champion_age_days
 from tasks.ingest import BatchValidation, artifact_key, load_catalog
-from tasks.tracking import ChampionInfo, mlflow_client
+from tasks.tracking import ChampionInfo, mlflow_client, nested_run_tags
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,14 @@ def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
     return sum(b.rows_accepted for b in ledger.unconsumed_batches(ledger.connect(settings.ledger_url), through_batch_id))
 
 
-def record_decision_run(
+def log_decision_run(
     settings: Settings, validation: BatchValidation, drift: DriftResult, decay: Decay, decision: UpdateDecision
 ) -> str:
     """An MLflow run per decision, update or not: every signal, the thresholds, the drift report."""
     _, experiment_id = mlflow_client(settings)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"decide {validation.file_name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"decide {validation.file_name}", tags=nested_run_tags("decision")) as run:
         mlflow.set_tags(
             {
-                "freshrec.stage": "decision",
                 "freshrec.batch": validation.file_name,
                 "freshrec.update": str(decision.update).lower(),
                 "freshrec.reasons": "; ".join(decision.reasons),
@@ -101,7 +100,7 @@ def record_decision_run(
         return run.info.run_id
 
 
-@task(name="detect-drift", cache_policy=NO_CACHE)
+@task(name="detect-batch-drift", cache_policy=NO_CACHE)
 def detect_batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
     result = batch_drift(validation, champion, settings)
     compared = "" if result.rows_compared == result.rows else f" on {result.rows_compared:,} of {result.rows:,} rows (whole orders)"
@@ -134,10 +133,10 @@ def measure_signals(validation: BatchValidation, champion: ChampionInfo, drift: 
     )
 
 
-@task(name="record-decision-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="log-decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_decision(settings: Settings, validation: BatchValidation, drift: DriftResult, decay: Decay, decision: UpdateDecision) -> str:
     """The decision in MLflow and in Prefect: a table of signals and a link to the drift report."""
-    run_id = record_decision_run(settings, validation, drift, decay, decision)
+    run_id = log_decision_run(settings, validation, drift, decay, decision)
     key = artifact_key(validation.file_name).replace("validation-", "decision-", 1)
     # Table cells are plain text in Prefect's UI; the description and a link's text are Markdown.
     create_table_artifact(

@@ -26,13 +26,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from data_checks.drift import DriftResult, reference_sample
-from flows.settings import Settings
+from models.settings import Settings
 from models.plots import training_figure
 from models.pyfunc import SIGNATURE, ServingLimits
 from models.train import Recommender
 from tasks import events, ledger
 from tasks.gates import PromotionVerdict, UpdateDecision
-from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client, not_in_registry
+from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client, nested_run_tags, not_in_registry
 from tasks.training import Challenger, Evaluation, TrainingData
 
 PREVIOUS_ALIAS = "previous-champion"
@@ -67,7 +67,8 @@ def log_run(
     recommender = Recommender.load(challenger.checkpoint_path)
     # One known user and one the model never saw: the example shows the popularity fallback too.
     example = pd.DataFrame({"user_id": recommender.users.ids[:1] + ["new-visitor"], "k": 3})
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run, tempfile.TemporaryDirectory() as tmp:
+    tags = nested_run_tags("training")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         reference_path = Path(tmp) / REFERENCE_ARTIFACT
         checkpoint_path = Path(tmp) / CHECKPOINT_ARTIFACT  # a fixed name: the champion's loader looks for it
         shutil.copyfile(challenger.checkpoint_path, checkpoint_path)
@@ -252,6 +253,7 @@ def register(
         moved_to = current.version if current else "none"
         return _not_promoted(client, run_id, f"@{alias} moved from version {compared or 'none'} to {moved_to} while this challenger trained")
     version = mlflow.register_model(model_uri, name, tags=tags).version
+    describe_version(client, settings, str(version), tags)
     reason = json.loads(tags["freshrec.verdict_reasons"])
     move = ledger.claim_move(
         engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id, consumed_batch_ids=batch_ids
@@ -268,6 +270,38 @@ def register(
     # below, the next run's `reconcile` finishes the move (nothing here is released or redone).
     apply_move(client, engine, settings, move)
     return Registration(str(version), f"version {version} is now @{alias}")
+
+
+MODEL_DESCRIPTION = (
+    "A two-tower recommender (PyTorch) kept fresh by freshrec: each version was trained by a bootstrap or a "
+    "continuous-training flow run on validated batches, and registered only when it beat the champion on the same "
+    "newest slice. Serving reads @{alias}; each version's description says what it was trained on, from which "
+    "version and why it was promoted; its freshrec.* tags hold the details."
+)
+
+
+def version_description(run_id: str, tags: dict[str, str]) -> str:
+    """One line for a registered version: what it was trained on, from which version, why."""
+    span = json.loads(tags["freshrec.data_range"])
+    dates = lambda start, end: f"{start[:10]} to {end[:10]}" if start else "none"  # noqa: E731
+    parent = tags["freshrec.parent_version"]
+    reasons = "; ".join(json.loads(tags["freshrec.verdict_reasons"])) or "passed the gate"
+    line = (
+        f"Trained on batches {tags['freshrec.batches'] or 'none'} (new rows {dates(span.get('train_from', ''), span.get('trained_until', ''))}, "
+        f"held out {dates(span.get('holdout_from', ''), span.get('holdout_until', ''))}) in MLflow run {run_id}, "
+        + ("from scratch" if parent == "none" else f"warm-started from version {parent}")
+        + f". Promoted: {reasons}"
+    )
+    line = " ".join(line.split())  # one line, whatever a reason holds
+    return line if len(line) <= 1000 else line[:997] + "..."
+
+
+def describe_version(client: MlflowClient, settings: Settings, version: str, tags: dict[str, str]) -> None:
+    """The registered model's description (when it has none) and the version's one line."""
+    name = settings.registered_model_name
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION.format(alias=settings.champion_alias))
+    client.update_model_version(name, version, description=version_description(tags["freshrec.run_id"], tags))
 
 
 def expected_aliases(engine: sa.Engine, client: MlflowClient, settings: Settings, move: ledger.AliasMove) -> dict[str, str]:

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.markup import md_text, plain_text
+from data_checks.markup import md_text, plain_table, plain_text
 
 
 @dataclass
@@ -65,11 +65,7 @@ def in_landing_order(outcomes: list[BatchOutcome]) -> list[BatchOutcome]:
 def format_table(outcomes: list[BatchOutcome]) -> str:
     """A fixed-width table, then one line of reasons per batch."""
     outcomes = in_landing_order(outcomes)
-    # plain_text: a file name or a value in a reason cannot break a line or drive the terminal.
-    rows = [list(COLUMNS)] + [[plain_text(cell) for cell in _cells(o)] for o in outcomes]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = plain_table([COLUMNS, *(_cells(o) for o in outcomes)])
     lines.append("")
     lines += [plain_text(f"{o.batch}: {'; '.join(o.reasons)}") for o in outcomes if o.reasons]
     return "\n".join(lines)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.landing import output_stem
-from flows.settings import Settings, secret_block
+from models.settings import Settings, secret_block
 
 CHECKPOINT_ARTIFACT = "recommender.pt"
 REFERENCE_ARTIFACT = "reference.parquet"
@@ -41,6 +45,75 @@ def use_tracking_store(settings: Settings) -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = secret_block(settings.mlflow_tracking_password_secret_block)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+@dataclass
+class ParentRun:
+    """The MLflow run that stands for one flow run; its validate, decide and train runs are
+    nested under it. Created with the first of them, so a run with nothing to do leaves none."""
+
+    settings: Settings
+    flow_name: str
+    run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+_PARENT: ContextVar[ParentRun | None] = ContextVar("freshrec_mlflow_parent_run", default=None)
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """The Prefect flow run the caller runs in (id, name, flow and UI link) as MLflow tags;
+    empty outside a flow run."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return {}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "prefect.flow_name": str(flow_run.flow_name)}
+    url = flow_run.ui_url
+    if url:
+        tags["prefect.flow_run_url"] = str(url)
+    return tags
+
+
+@contextmanager
+def parent_run(settings: Settings, flow_name: str) -> Iterator[ParentRun]:
+    """Nest the MLflow runs the enclosed code starts (nested_run_tags) under one parent run
+    named for the flow run, tagged with it, and ended with the block (FAILED when it raised)."""
+    outer = _PARENT.get()
+    if outer is not None:  # a subflow's runs nest under the flow run that called it
+        yield outer
+        return
+    parent = ParentRun(settings, flow_name, tags=prefect_run_tags())
+    token = _PARENT.set(parent)
+    status = "FAILED"
+    try:
+        yield parent
+        status = "FINISHED"
+    finally:
+        _PARENT.reset(token)
+        if parent.run_id is not None:
+            try:
+                MlflowClient(settings.mlflow_tracking_uri).set_terminated(parent.run_id, status)
+            except MlflowException:  # the run's outcome stands; the parent stays RUNNING in the UI
+                pass
+
+
+def nested_run_tags(stage: str) -> dict[str, str]:
+    """Tags for a new MLflow run of ``stage``: the Prefect flow run it belongs to and, inside a
+    parent_run block, the parent (created here, with the first nested run)."""
+    tags = {"freshrec.stage": stage, **prefect_run_tags()}
+    parent = _PARENT.get()
+    if parent is None:
+        return tags
+    if parent.run_id is None:
+        client, experiment_id = mlflow_client(parent.settings)
+        name = parent.tags.get("prefect.flow_run_name")
+        run = client.create_run(
+            experiment_id, run_name=f"{parent.flow_name} {name}" if name else parent.flow_name,
+            tags={"freshrec.stage": "flow", **parent.tags},
+        )
+        parent.run_id = run.info.run_id
+    return {**tags, MLFLOW_PARENT_RUN_ID: parent.run_id, "freshrec.parent_run_id": parent.run_id}
 
 
 def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
@@ -158,8 +231,8 @@ def log_validation_run(
     """One small MLflow run per validated batch: its counts, per-rule failures and reports."""
     _, experiment_id = mlflow_client(settings)
     stem = output_stem(batch_id, file_name)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}") as run:
-        mlflow.set_tags({"freshrec.stage": "validation", "freshrec.batch": file_name, "freshrec.status": status})
+    tags = {**nested_run_tags("validation"), "freshrec.batch": file_name, "freshrec.status": status}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}", tags=tags) as run:
         mlflow.log_metrics({**counts, **{f"failed.{rule}": rows for rule, rows in rule_rows.items()}})
         # Named, never globbed: a landing file's name may hold glob characters ([, ], *, ?).
         for report in (report_dir / f"{stem}.validation.json", report_dir / f"{stem}.validation.md"):

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from data_checks.contract import empty_interactions, with_contract_columns
-from flows.settings import Settings
+from models.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
@@ -625,7 +625,7 @@ def describe_evaluation(evaluation: Evaluation) -> list[str]:
     return lines
 
 
-@task(name="remember-holdout", cache_policy=NO_CACHE)
+@task(name="remember-evaluated-holdout", cache_policy=NO_CACHE)
 def remember_evaluated_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
     served = remember_holdout(challenger, data)
     get_run_logger().info("the %d held-out rows join the challenger's user histories", len(data.holdout))

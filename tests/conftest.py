@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from data_checks.sources.synthetic import ShopConfig  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from models.settings import Settings  # noqa: E402
 
 # A shop small enough that a bootstrap and two updates run in seconds on two CPU cores.
 TINY_SHOP = ShopConfig(n_users=300, n_items=150, n_new_items=40, orders_per_week=500)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.backtest import Track, format_report, paired_difference, significance
+from flows.backtest_harness import Track, format_report, paired_difference, significance
 
 
 def _track(name: str, periods: dict[str, dict[str, float]]) -> Track:

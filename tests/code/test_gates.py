@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from flows.settings import Settings
+from models.settings import Settings
 from tasks.gates import PromotionEvidence, UpdateSignals, champion_age_days, decide_update, promotion_verdict
 
 SETTINGS = Settings(

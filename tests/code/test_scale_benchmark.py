@@ -14,7 +14,7 @@ import pytest
 from benchmarks import scale
 from data_checks.interactions import validate_interactions
 from data_checks.landing import parquet_as_text
-from flows.settings import Settings
+from models.settings import Settings
 from tasks.ingest import contract_limits
 
 REPO = Path(__file__).resolve().parents[2]

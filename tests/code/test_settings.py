@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.settings import Settings
+from models.settings import Settings
 
 
 def test_paths_derive_from_home(tmp_path):
@@ -51,7 +51,7 @@ from prefect.exceptions import ParameterTypeError, SignatureMismatchError  # noq
 
 from flows import deployed  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
-from flows.settings import RUN_OVERRIDABLE, RunOverrides, redact  # noqa: E402
+from models.settings import RUN_OVERRIDABLE, RunOverrides, redact  # noqa: E402
 
 PASSWORD = "Pl4nted-s3cret"
 
@@ -142,3 +142,62 @@ def test_errors_never_echo_the_rejected_value(monkeypatch):
     with pytest.raises(ValueError) as error:
         Settings()
     assert "max_quantity" in str(error.value) and PASSWORD not in str(error.value)
+
+
+# --- the settings reference: one text for the code, the Prefect form and docs/settings.md ---------
+
+import re  # noqa: E402
+
+from models.settings import settings_reference, settings_sections  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+
+def test_the_settings_reference_in_docs_is_generated_from_the_settings():
+    assert REFERENCE.read_text(encoding="utf-8") == settings_reference(), (
+        "docs/settings.md is stale: regenerate with `freshrec settings-reference > docs/settings.md`"
+    )
+
+
+def test_every_setting_has_a_description():
+    missing = [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, f"settings without a description: {missing}"
+
+
+def test_the_prefect_form_shows_each_settings_own_description():
+    for name, field in RunOverrides.model_fields.items():
+        assert field.description == Settings.model_fields[name].description, name
+    schema = RunOverrides.model_json_schema()["properties"]
+    assert schema["finetune_epochs"]["description"] == Settings.model_fields["finetune_epochs"].description
+
+
+def test_every_setting_is_in_exactly_one_section_of_the_reference():
+    listed = [name for _, names in settings_sections() for name in names]
+    assert sorted(listed) == sorted(Settings.model_fields), "a field is in no `# --- section ---` group, or in two"
+    reference = settings_reference()
+    for name in Settings.model_fields:
+        assert len(re.findall(rf"^\| `{name}` \|", reference, flags=re.MULTILINE)) == 1, name
+
+
+def _unescaped_pipes(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def test_every_row_of_a_reference_table_has_its_headers_cells():
+    tables: list[list[str]] = []
+    previous_was_row = False
+    for line in settings_reference().splitlines():
+        is_row = line.startswith("|")
+        if is_row and not previous_was_row:
+            tables.append([])
+        if is_row:
+            tables[-1].append(line)
+        previous_was_row = is_row
+    assert len(tables) == len(settings_sections())
+    for table in tables:
+        header = _unescaped_pipes(table[0])
+        assert header == 8  # seven columns
+        for row in table[1:]:
+            assert _unescaped_pipes(row) == header, row
+    pattern_row = next(line for table in tables for line in table if line.startswith("| `non_product_item_pattern` |"))
+    assert r"POST\|DOT" in pattern_row  # the default regex's `|` escaped, not a cell border

@@ -25,7 +25,7 @@ from data_checks.chunked import LandingStream, RecordCounter
 from data_checks.contract import REASON_COLUMN
 from data_checks.landing import count_records, decode
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop
-from flows.settings import Settings
+from models.settings import Settings
 from tasks import ledger
 from tasks.ingest import fingerprints_path, find_new_files, validate_file
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS

@@ -9,7 +9,7 @@ import pytest
 from data_checks.contract import with_contract_columns
 from data_checks.drift import ChampionCounts, detect_drift, reference_sample
 from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop
-from flows.settings import Settings
+from models.settings import Settings
 
 THRESHOLD = Settings().drift_share_threshold
 SEEDS = [0, 1, 2]

@@ -25,7 +25,7 @@ import tasks.report
 from data_checks.drift import ChampionCounts, detect_drift
 from data_checks.landing import output_stem
 from data_checks.sources.synthetic import SyntheticShop
-from tasks import backtest as bt
+from flows import backtest_harness as bt
 from tasks.gates import UpdateSignals, decide_update
 from tasks.ingest import find_new_files, load_catalog, validate_file
 from tasks.monitor import Decay
@@ -209,7 +209,7 @@ def test_the_backtest_artifact_forges_nothing(settings, monkeypatch, tmp_path):
     monkeypatch.setattr(bt, "log_report", lambda settings, result, files: "run-id")
     monkeypatch.setattr(flows.backtest, "get_run_logger", lambda: logging.getLogger("backtest"))
     calls = capture(monkeypatch, flows.backtest, "create_markdown_artifact")
-    flows.backtest.publish_report.fn(result, tmp_path / "report.json", settings)
+    flows.backtest.publish_backtest_report.fn(result, tmp_path / "report.json", settings)
     (call,) = calls
     title, _, rest = call["markdown"].partition("\n")
     assert visible(HOSTILE[2]) in assert_inert(title, h1=1).text

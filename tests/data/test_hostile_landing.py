@@ -21,7 +21,7 @@ import pytest
 
 from data_checks.contract import REASON_COLUMN
 from data_checks.sources.online_retail import to_contract
-from flows.settings import Settings
+from models.settings import Settings
 from tasks import ledger
 from tasks.ingest import find_new_files, validate_file
 

@@ -12,7 +12,7 @@ import pytest
 from data_checks.contract import REASON_COLUMN
 from data_checks.interactions import ContractLimits, validate_interactions
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop
-from flows.settings import Settings
+from models.settings import Settings
 from tests.conftest import TINY_SHOP
 
 LIMITS = ContractLimits(

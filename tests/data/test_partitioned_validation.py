@@ -19,7 +19,7 @@ from data_checks.interactions import partition_by_order, validate_interactions
 from data_checks.landing import read_landing_bytes
 from data_checks.sources.online_retail import write_landing
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop, write_weeks
-from flows.settings import Settings
+from models.settings import Settings
 from flows.validate_landing import validate_new_files
 from tasks import ledger
 from tests.conftest import TINY_SHOP

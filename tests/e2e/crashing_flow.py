@@ -21,7 +21,7 @@ import sys
 
 from mlflow import MlflowClient
 
-from flows.settings import Settings
+from models.settings import Settings
 from tasks import ledger
 
 

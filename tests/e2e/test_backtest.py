@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.backtest import backtest
-from tasks.backtest import POLICIES
+from flows.backtest_harness import POLICIES
 from tests.conftest import TINY_SHOP
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,7 @@ from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import ChampionExistsError, bootstrap
 from flows.continuous_training import continuous_training
 from flows.rollback import rollback
-from flows.settings import Settings
+from models.settings import Settings
 from models import train as train_module
 from models.train import Recommender
 from tasks import ledger

@@ -36,7 +36,7 @@ from prefect.logging.handlers import APILogHandler
 
 from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
-from flows.settings import Settings
+from models.settings import Settings
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 
 pytestmark = pytest.mark.slow

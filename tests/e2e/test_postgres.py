@@ -27,7 +27,7 @@ from flows.bootstrap import bootstrap
 from flows.continuous_training import continuous_training
 from flows.rollback import rollback
 from flows.servers import start_mlflow, stop, wait_ready
-from flows.settings import Settings
+from models.settings import Settings
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port

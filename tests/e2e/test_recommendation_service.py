@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
 from flows.rollback import rollback
-from flows.settings import Settings
+from models.settings import Settings
 from flows.validate_landing import validate_landing
 from tasks.registry import register
 from tasks.tracking import fetch_champion

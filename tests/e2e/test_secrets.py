@@ -118,7 +118,7 @@ def test_a_planted_password_reaches_no_store_log_or_parameter(stores, prefect_ap
 def test_secret_blocks_fill_the_store_urls_and_the_mlflow_password(prefect_server, tmp_path, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from flows.settings import Settings
+    from models.settings import Settings
     from tasks.tracking import use_tracking_store
 
     ledger_url = f"sqlite:///{tmp_path / 'from-a-block.db'}"

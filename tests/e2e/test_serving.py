@@ -24,7 +24,7 @@ import pytest
 
 from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
-from flows.settings import Settings
+from models.settings import Settings
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 
 pytestmark = pytest.mark.slow

@@ -195,14 +195,14 @@ def test_the_tuned_peers_are_the_choices_of_the_december_tuning():
     import json
     from pathlib import Path
 
-    from tasks.backtest import TUNED_TIFU, TUNED_UPCF
+    from flows.backtest_harness import TUNED_TIFU, TUNED_UPCF
 
     tuning = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "tuning_december_2011.json").read_text())
     assert tuning["tune_month"] == "2011-12"  # after every test month of the backtest
     assert tuning["results"]["TIFU-KNN"]["chosen"]["params"] == TUNED_TIFU
     assert tuning["results"]["UP-CF@r"]["chosen"]["params"] == TUNED_UPCF
     memory = tuning["results"]["freshrec basket memory"]["chosen"]["params"]
-    from flows.settings import Settings
+    from models.settings import Settings
 
     defaults = Settings.model_fields
     assert memory == {

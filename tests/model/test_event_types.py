@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from flows.settings import Settings
+from models.settings import Settings
 from models.evaluate import evaluate
 from models.train import Recommender, TrainConfig, event_weights, prepare, train
 from models.two_tower import sampled_softmax_loss

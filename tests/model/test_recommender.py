@@ -10,7 +10,7 @@ import torch
 from data_checks.sources.synthetic import BatchOptions, SyntheticShop
 from models.evaluate import evaluate, top_k
 from models.pyfunc import recommend
-from flows.settings import Settings
+from models.settings import Settings
 from models.train import Recommender, TrainConfig, prepare, train
 from tests.conftest import TINY_SHOP
 

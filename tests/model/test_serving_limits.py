@@ -23,7 +23,7 @@ from mlflow.pyfunc import scoring_server
 
 import models.pyfunc
 from data_checks.sources.synthetic import SyntheticShop
-from flows.settings import Settings
+from models.settings import Settings
 from models.evaluate import top_k
 from models.pyfunc import DEFAULT_K, SIGNATURE, RefusedRequest, ServingLimits, recommend
 from models.train import Recommender, TrainConfig, prepare, train

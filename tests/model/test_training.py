@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from data_checks.sources.synthetic import SyntheticShop
-from flows.settings import Settings
+from models.settings import Settings
 from models import text
 from models.evaluate import evaluate
 from models.train import Recommender, TrainConfig, lr_factor, prepare, train
@@ -83,7 +83,7 @@ KILLED_TRAINING = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from data_checks.sources.synthetic import SyntheticShop
-    from flows.settings import Settings
+    from models.settings import Settings
     from tasks.training import fit
     from tests.conftest import TINY_SHOP
     from tests.model.test_training import _training_data

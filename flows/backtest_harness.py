@@ -23,12 +23,16 @@ import torch
 from mlflow import MlflowClient
 
 from data_checks.contract import DEFAULT_EVENT_TYPE, basket_keys, of_type, with_contract_columns
-from data_checks.markup import md_code_block, md_text
-from flows.settings import Settings
+from data_checks.markup import md_code_block, md_text, plain_table
+from flows.bootstrap import bootstrap as bootstrap_flow
+from flows.continuous_training import continuous_training
+from flows.validate_landing import validate_new_files
+from models.settings import Settings
 from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
 from models.train import Recommender
+from tasks import ledger
 from tasks.tracking import artifact_location, fetch_champion, use_tracking_store
 
 logger = logging.getLogger(__name__)
@@ -129,9 +133,6 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
     """Bootstrap, then for each test period: land, validate, score the champion, and (unless
     the policy never updates) run continuous training. Returns the track and the accepted rows
     of every period (what the peers train on)."""
-    from flows.bootstrap import bootstrap as bootstrap_flow
-    from flows.continuous_training import continuous_training
-    from flows.validate_landing import validate_new_files
 
     home = work / policy
     if home.exists():
@@ -178,8 +179,6 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
 
 
 def _accepted_rows(settings: Settings, period: Period) -> pd.DataFrame:
-    from tasks import ledger
-
     names = {p.name for p in period.files}
     batches = [
         b for b in ledger.all_batches(ledger.connect(settings.ledger_url))
@@ -322,7 +321,7 @@ def format_report(result: dict) -> str:
     rows = [("policy / peer", "mean Recall@20", "mean NDCG@20", "updates", "train s")]
     for name, r in result["results"].items():
         rows.append((name, f"{r['mean_recall_at_20']:.4f}", f"{r['mean_ndcg_at_20']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
-    lines = [f"scored on {result.get('target_event', DEFAULT_EVENT_TYPE)} events", *_table(rows)]
+    lines = [f"scored on {result.get('target_event', DEFAULT_EVENT_TYPE)} events", *plain_table(rows)]
     weights = result.get("event_weights")
     if weights:
         lines.append("freshrec trained with event weights " + ", ".join(f"{name} {value:g}" for name, value in weights.items()))
@@ -335,17 +334,9 @@ def format_report(result: dict) -> str:
         rows = [("triggered minus", "Recall@20 [95% interval]", "NDCG@20 [95% interval]")]
         for name, metrics in compared.items():
             rows.append((name, *(_interval(metrics[m]) for m in ("recall", "ndcg"))))
-        lines += ["", *_table(rows)]
+        lines += ["", *plain_table(rows)]
         lines.append("(mean over periods of the per-user difference; paired bootstrap over users within periods)")
     return "\n".join(lines)
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    """Fixed-width lines: a header, a rule, the rows."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
 
 
 def _interval(d: dict) -> str:

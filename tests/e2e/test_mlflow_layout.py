@@ -1,0 +1,69 @@
+"""MLflow the way its users browse it: one parent run per flow run, the batches' validate,
+decide and train runs nested under it, each tagged with its Prefect flow run; the registered
+model and each version described in words.
+
+Risks guarded: a flat experiment of dozens of runs nobody can tell apart; a run in MLflow that
+cannot be traced to the Prefect run that made it; a registry whose versions say nothing of
+what they were trained on or why they replaced the champion.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from data_checks.sources.synthetic import write_weeks
+from flows.bootstrap import bootstrap
+from flows.continuous_training import continuous_training
+from tests.conftest import TINY_SHOP
+from tests.conftest import completed_run as run
+
+pytestmark = pytest.mark.slow
+
+
+def runs_by_stage(client: MlflowClient, experiment_id: str) -> dict[str, list]:
+    stages: dict[str, list] = {}
+    for r in client.search_runs([experiment_id], max_results=1000):
+        stages.setdefault(r.data.tags.get("freshrec.stage", "?"), []).append(r)
+    return stages
+
+
+def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_server):
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    run(bootstrap, settings)
+    write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
+    outcomes, _ = run(continuous_training, settings)
+    # A run with nothing new leaves no empty parent behind.
+    run(continuous_training, settings)
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    experiment_id = client.get_experiment_by_name(settings.experiment_name).experiment_id
+    stages = runs_by_stage(client, experiment_id)
+    parents = {r.info.run_id: r for r in stages.pop("flow")}
+    assert sorted(r.data.tags["prefect.flow_name"] for r in parents.values()) == ["bootstrap", "continuous-training"]
+    assert set(stages) == {"validation", "decision", "training"}, stages.keys()
+    assert len(stages["validation"]) == 5 and len(stages["decision"]) == 2  # 4 weeks + 1 catalog; weeks 2 and 3
+    for parent in parents.values():
+        tags = parent.data.tags
+        assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] in parent.info.run_name
+        assert parent.info.status == "FINISHED"
+    for child in [r for rs in stages.values() for r in rs]:
+        tags = child.data.tags
+        assert tags.get("mlflow.parentRunId") in parents, (child.info.run_name, tags)
+        assert tags["prefect.flow_run_id"]  # the (sub)flow run that logged it
+    # The bootstrap's runs under the bootstrap's parent, the update's under the update's.
+    flow_of = {run_id: r.data.tags["prefect.flow_name"] for run_id, r in parents.items()}
+    trainings = {r.info.run_name: flow_of[r.data.tags["mlflow.parentRunId"]] for r in stages["training"]}
+    assert trainings["bootstrap"] == "bootstrap"
+    assert set(trainings.values()) <= {"bootstrap", "continuous-training"} and len(trainings) == 1 + sum(o.update for o in outcomes)
+
+    model = client.get_registered_model(settings.registered_model_name)
+    assert f"@{settings.champion_alias}" in model.description
+    versions = client.search_model_versions(f"name = '{settings.registered_model_name}'")
+    assert versions
+    for version in versions:
+        line = version.description
+        assert "\n" not in line and line.startswith("Trained on batches ")
+        assert version.tags["freshrec.run_id"] in line and "Promoted: " in line
+        parent = version.tags["freshrec.parent_version"]
+        assert ("from scratch" in line) if parent == "none" else (f"warm-started from version {parent}" in line)
