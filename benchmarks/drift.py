@@ -27,7 +27,8 @@ from data_checks.drift import ChampionCounts, detect_drift, reference_sample  # 
 from data_checks.sources.synthetic import ShopConfig, SyntheticShop  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
-from models.train import TrainConfig, prepare, train  # noqa: E402
+from models.recommender import TrainConfig  # noqa: E402
+from models.train import prepare, train  # noqa: E402
 from tasks.gates import UpdateSignals, decide_update  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     drift = detect_drift(batch, reference, counts, None)
     drift_seconds = time.perf_counter() - started
     decay = evaluate(champion, batch, pd.Index(champion.users.ids), settings.eval_k)
-    decision = decide_update(UpdateSignals(drift.drift_share, 0.0, len(batch), 7.0), settings)
+    decision = decide_update.fn(UpdateSignals(drift.drift_share, 0.0, len(batch), 7.0), settings)
     seconds = time.perf_counter() - started
 
     report = {

@@ -36,7 +36,8 @@ from data_checks.sources.online_retail import catalog, read_source, to_contract 
 from models.settings import Settings  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.text import catalog_title_vectors  # noqa: E402
-from models.train import Recommender, TrainConfig, prepare, remember, train  # noqa: E402
+from models.recommender import Recommender, TrainConfig  # noqa: E402
+from models.train import prepare, remember, train  # noqa: E402
 from tasks.ingest import contract_limits  # noqa: E402
 from tasks.training import holdout_split, replay_sample  # noqa: E402
 
@@ -108,7 +109,7 @@ def run_warm(
             seconds += time.perf_counter() - started
             watermark = train_part["event_time"].max()
         recalls.append(score(model, data, months, month))
-        print(f"  {month}: recall {recalls[-1]:.4f}, {len(model.history)} epochs, {seconds:.1f}s so far", flush=True)
+        print(f"  {month}: recall {recalls[-1]:.4f}, {len(model.training.history)} epochs, {seconds:.1f}s so far", flush=True)
     return {"recalls": recalls, "train_seconds": seconds}
 
 

@@ -59,7 +59,8 @@ def build_champion(name: str, work: Path, seed: int) -> dict:
     from mlflow import MlflowClient
 
     from benchmarks.scale import Shop, World
-    from models.train import TrainConfig, prepare
+    from models.recommender import TrainConfig
+    from models.train import prepare
     from tasks.registry import log_served_model
     from models.pyfunc import ServingLimits
 

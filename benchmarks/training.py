@@ -34,7 +34,8 @@ import torch
 
 from data_checks.sources.synthetic import BatchOptions, ShopConfig, SyntheticShop  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
-from models.train import Recommender, TrainConfig, pick_device, prepare, train, uses_sparse_tables  # noqa: E402
+from models.recommender import Recommender, TrainConfig  # noqa: E402
+from models.train import pick_device, prepare, train, uses_sparse_tables  # noqa: E402
 from models.two_tower import ModelArgs, TwoTower  # noqa: E402
 from models.vocab import Vocabulary  # noqa: E402
 
@@ -91,7 +92,7 @@ def sized(args: argparse.Namespace, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trained = train(recommender, rows, progress=False)
-    seconds = [h["seconds"] for h in trained.history]
+    seconds = [h["seconds"] for h in trained.training.history]
     steady = sum(seconds[1:]) / max(1, len(seconds) - 1)
     return {
         "machine": machine(device),
@@ -111,7 +112,7 @@ def sized(args: argparse.Namespace, device: torch.device) -> dict:
         "interactions_per_second": round(len(rows) / steady),
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_is": peak_memory_is(device),
-        "loss_by_epoch": [round(h["loss"], 4) for h in trained.history],
+        "loss_by_epoch": [round(h["loss"], 4) for h in trained.training.history],
     }
 
 
@@ -161,7 +162,7 @@ def main() -> None:
 
         vectors = catalog_title_vectors(shop.catalog(True), None)
     scratch = train(prepare(history, shop.catalog(False), config, None, title_vectors=vectors), history)
-    scratch_seconds = [h["seconds"] for h in scratch.history]
+    scratch_seconds = [h["seconds"] for h in scratch.training.history]
     users = pd.Index(history["user_id"].unique())
     scratch_recall = evaluate(scratch, drifted, users, 20).recall
 
@@ -185,9 +186,9 @@ def main() -> None:
         "interactions_per_second": round(len(history) / (sum(scratch_seconds[1:]) / max(1, len(scratch_seconds) - 1))),
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_is": peak_memory_is(device),
-        "final_loss": round(scratch.history[-1]["loss"], 4),
+        "final_loss": round(scratch.training.history[-1]["loss"], 4),
         "recall_at_20_next_week_scratch": round(scratch_recall, 4),
-        "finetune_seconds": round(sum(h["seconds"] for h in tuned.history), 3),
+        "finetune_seconds": round(sum(h["seconds"] for h in tuned.training.history), 3),
         "recall_at_20_after_drift_champion": round(evaluate(scratch, after, users_after, 20).recall, 4),
         "recall_at_20_after_drift_finetuned": round(evaluate(tuned, after, users_after, 20).recall, 4),
     }

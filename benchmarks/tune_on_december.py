@@ -36,7 +36,8 @@ from models.settings import Settings  # noqa: E402
 from flows.validate_landing import validate_new_files  # noqa: E402
 from models.baselines import TIFUKNN, UPCF  # noqa: E402
 from models.evaluate import evaluate, relevant_sets  # noqa: E402
-from models.train import TrainConfig, prepare  # noqa: E402
+from models.recommender import TrainConfig  # noqa: E402
+from models.train import prepare  # noqa: E402
 from flows import backtest_harness as bt  # noqa: E402
 from tasks.ingest import load_catalog  # noqa: E402
 

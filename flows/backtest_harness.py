@@ -31,9 +31,10 @@ from models.settings import Settings
 from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
-from models.train import Recommender
+from models.files import temporary_beside
+from models.recommender import Recommender
 from tasks import ledger
-from tasks.tracking import artifact_location, fetch_champion, use_tracking_store
+from tasks.tracking import load_champion, mlflow_client, tracking_store
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
         validate_new_files(settings)
         rows = _accepted_rows(settings, period)
         accepted[period.label] = rows
-        champion = fetch_champion(settings)
+        champion = load_champion.fn(settings)
         model = Recommender.load(champion.checkpoint_path)
         scored = evaluate(model, purchases(rows, base.target_event), seen_users, K, target_event=base.target_event)
         track.record(period.label, scored.user_ids, scored.per_user["recall"], scored.per_user["ndcg"])
@@ -404,7 +405,7 @@ def plot(result: dict, path: Path) -> Path:
 
 def write_report(result: dict, out: Path) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = temporary_beside(out)
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
     return out, plot(result, out.with_suffix(".png"))
@@ -420,11 +421,8 @@ def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> st
     """The report as an MLflow run in the experiment ``<experiment_name>-backtest``."""
     import mlflow
 
-    use_tracking_store(settings)
-    experiment = f"{settings.experiment_name}-backtest"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=artifact_location(settings))
-    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id, run_name=f"backtest {result['source']}") as run:
+    _, experiment_id = mlflow_client(settings, f"{settings.experiment_name}-backtest")
+    with tracking_store(settings), mlflow.start_run(experiment_id=experiment_id, run_name=f"backtest {result['source']}") as run:
         mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"])})
         for name, r in result["results"].items():
             key = metric_key(name)

@@ -9,7 +9,7 @@ from prefect.states import Completed, State
 from models.settings import Settings, redact
 from flows.validate_landing import validate_new_files
 from flows.train_and_gate import train_and_gate
-from tasks.gates import decide
+from tasks.gates import decide_update
 from tasks.ingest import BatchValidation, find_undecided_batches, finish_update, record_batch_failure, record_decision
 from tasks.monitor import detect_batch_drift, log_decision, measure_decay, measure_signals
 from tasks.registry import reconcile_registry
@@ -29,7 +29,7 @@ def update_on_batch(validation: BatchValidation, settings: Settings) -> BatchOut
     outcome.champion_version = champion.version
     drift = detect_batch_drift(validation, champion, settings)
     decay = measure_decay(validation, champion, settings)
-    decision = decide(measure_signals(validation, champion, drift, decay, settings), settings)
+    decision = decide_update(measure_signals(validation, champion, drift, decay, settings), settings)
     outcome.drift_share, outcome.signals, outcome.drifted_columns = drift.drift_share, decision.signals, drift.drifted_columns
     if not record_decision(settings, validation.batch_id, decision.update):
         # Another run decided on this batch while this one measured it: that run trains on it.

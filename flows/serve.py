@@ -92,7 +92,9 @@ def load_version(settings: Settings, version: str, run_id: str) -> Champion:
 
     started = time.monotonic()
     search_path = list(sys.path)
-    with tempfile.TemporaryDirectory(prefix="freshrec-serve-") as scratch:
+    from tasks.tracking import tracking_store
+
+    with tempfile.TemporaryDirectory(prefix="freshrec-serve-") as scratch, tracking_store(settings):
         try:
             loaded = mlflow.pyfunc.load_model(f"models:/{settings.registered_model_name}/{version}", dst_path=scratch)
         finally:
@@ -130,13 +132,11 @@ class ChampionWatcher:
 
     def check(self) -> None:
         """One look at the registry; loads and swaps to the alias's version when it changed."""
-        from tasks.tracking import champion_version, use_tracking_store
-        from mlflow import MlflowClient
+        from tasks.tracking import champion_version, registry_client
 
         name, alias = self.settings.registered_model_name, self.settings.champion_alias
         try:
-            use_tracking_store(self.settings)
-            named = champion_version(MlflowClient(), self.settings)
+            named = champion_version(registry_client(self.settings), self.settings)
         except Exception as error:  # the registry is down or refuses: keep answering with what we have
             self.last_error = f"could not read {name}@{alias} from the registry: {_one_line(error)}"
             logger.warning("%s", self.last_error)

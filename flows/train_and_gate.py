@@ -20,7 +20,7 @@ from tasks.gates import UpdateDecision, judge_challenger
 from tasks.history import fold_consumed_history
 from tasks.registry import log_training_run, register_champion
 from tasks.tracking import ChampionInfo
-from tasks.training import assemble_training_data, evaluate_models, remember_evaluated_holdout, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger
 
 
 class NotEnoughDataError(RuntimeError):
@@ -71,7 +71,7 @@ def train_and_gate(
         )
     challenger = train_challenger(data, champion, settings)
     evaluation = evaluate_models(challenger, champion, data, settings)
-    challenger = remember_evaluated_holdout(challenger, data)
+    challenger = remember_holdout(challenger, data)
     verdict = judge_challenger(evaluation.evidence(challenger.init_from), settings)
     run_id, model_uri = log_training_run(settings, run_name, data, challenger, evaluation, verdict, champion, decision, drift)
     reasons, version = list(verdict.reasons), None

@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from models.evaluate import evaluate
-from models.train import Recommender, train
+from models.evaluate import METRICS, evaluate
+from models.recommender import Recommender
+from models.train import train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-users", type=Path, default=None, help="parquet with the user_id column of users scored on it")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--max-users", type=int, default=None, help="score the held-out slice on at most this many users")
+    parser.add_argument("--metric", choices=METRICS, default="recall", help="the metric early stopping and the memory weight follow")
     parser.add_argument("--backend", default=None, help="nccl or gloo (default: nccl with CUDA, else gloo)")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             users = pd.Index(pd.read_parquet(args.eval_users)["user_id"]) if args.eval_users else pd.Index(rows["user_id"].unique())
 
             def validate(model: Recommender) -> float:
-                return evaluate(model, holdout, users, args.k, max_users=args.max_users).recall
+                scored = evaluate(model, holdout, users, args.k, target_event=model.config.target_event, max_users=args.max_users)
+                return scored.value(args.metric)
 
         progress_path = args.out.with_name(args.out.stem + ".progress.pt")
         trained = train(recommender, rows, validate=validate, checkpoint_path=progress_path, progress=rank == 0)

@@ -10,7 +10,7 @@ import torch
 
 from data_checks.contract import of_type
 from models.metrics import catalog_coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, recall_at_k
-from models.train import Recommender
+from models.recommender import Recommender
 
 METRICS = ("recall", "ndcg", "hit_rate", "mrr")  # the per-user ones; coverage is per slice
 

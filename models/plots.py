@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 def training_figure(history: list[dict], curve: list[dict], title: str = "training") -> Figure:
     """Loss per logged step and per epoch, the validation score per epoch, and the learning rate.
 
-    ``history`` and ``curve`` are ``Recommender.history`` and ``Recommender.curve``.
+    ``history`` and ``curve`` are ``Recommender.training.history`` and ``.curve``.
     """
     figure = Figure(figsize=(11, 4), layout="constrained")
     loss_axes, lr_axes = figure.subplots(1, 2)

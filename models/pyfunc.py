@@ -26,7 +26,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from models.evaluate import Ranker
-from models.train import Recommender
+from models.recommender import Recommender
 
 DEFAULT_K = 10
 SCORES_PER_CHUNK = 4_000_000  # user x item scores held at once while ranking: 16 MB of float32

@@ -12,9 +12,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,44 +21,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from data_checks.contract import DEFAULT_EVENT_TYPE, EVENT_TYPES, basket_keys, event_types_of, of_type
-from models.files import temporary_beside
+from data_checks.contract import EVENT_TYPES, basket_keys, event_types_of, of_type
+from models.recommender import Recommender, TrainConfig
 from models.two_tower import ModelArgs, TwoTower, sampled_softmax_loss
 from models.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    init_from: Literal["scratch", "champion", "checkpoint"] = "scratch"
-    epochs: int = 10  # at most this many passes over the data
-    max_steps: int | None = None  # and at most this many optimizer steps (None: the epochs decide)
-    learning_rate: float = 0.01
-    warmup_steps: int = 0  # linear warm-up: a fresh Adam takes its largest steps first
-    min_lr_ratio: float = 1.0  # cosine decay to learning_rate * this by the last step (1.0: constant)
-    patience: int = 2  # early stopping: epochs without a better validation score before stopping
-    batch_size: int = 1024
-    temperature: float = 0.1
-    dim: int = 32
-    history_length: int = 20
-    device: str = "auto"
-    seed: int = 0
-    compile: bool = False  # torch.compile the loss step: worth it on a GPU, not on a small CPU
-    repeat_slots: int = 100  # items per user in the basket memory (models.two_tower)
-    basket_decay: float = 0.8  # the basket memory's decay per newer basket
-    neighbours: int = 100  # users whose memories lend a user theirs at scoring time
-    neighbour_share: float = 1.0
-    popularity_share: float = 0.1
-    popularity_half_life_days: float = 30.0
-    # What each event type counts for in the loss, the basket memory and the popularity (a
-    # purchase counts 1); a type missing here counts 0.
-    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    target_event: str = DEFAULT_EVENT_TYPE  # the event the model is scored on; "consumed" means had it
-    recommend_consumed: bool = True  # False: an item the user consumed is never recommended to them
-
-
-DEFAULT_EVENT_WEIGHTS = {"view": 0.1, "click": 0.2, "add_to_cart": 0.5, "purchase": 1.0}
 
 
 def event_weights(interactions: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
@@ -70,97 +37,6 @@ def event_weights(interactions: pd.DataFrame, weights: dict[str, float]) -> np.n
     return event_types_of(interactions).map(weights).fillna(0.0).to_numpy(dtype="float64")
 
 
-@dataclass
-class Recommender:
-    """A trained model with the vocabularies and statistics that give its rows meaning."""
-
-    model: TwoTower
-    users: Vocabulary
-    items: Vocabulary  # row 0 is padding
-    categories: Vocabulary  # row 0 is "unknown"
-    item_counts: pd.Series  # training interactions per item id: the popularity fallback
-    config: TrainConfig
-    user_counts: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))  # per user id
-    steps: int = 0  # optimizer steps of this training
-    optimizer_state: dict | None = None
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, validation score, lr, time
-    curve: list[dict] = field(default_factory=list)  # every LOG_EVERY steps: step, loss, lr
-    epochs_done: int = 0  # epochs of this training completed (a resumed training starts after them)
-    best_score: float | None = None  # best validation score so far (early stopping)
-    best_state: dict | None = None  # the weights that scored it, while training runs
-    best_epoch: int = 0  # the epoch after which they scored it (0: before training)
-    history_until: pd.Timestamp | None = None  # newest event in the user histories and counts
-
-    def save(self, path: Path) -> Path:
-        """Write atomically: a crash mid-write leaves the previous file, never half of one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_beside(path)
-        torch.save(
-            {
-                "model_args": self.model.model_args(),
-                "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer_state": self.optimizer_state,
-                "users": self.users.ids,
-                "items": self.items.ids,
-                "categories": self.categories.ids,
-                "item_counts": self.item_counts.to_dict(),
-                "user_counts": self.user_counts.to_dict(),
-                "config": asdict(self.config),
-                "steps": self.steps,
-                "history": self.history,
-                "curve": self.curve,
-                "epochs_done": self.epochs_done,
-                "best_score": self.best_score,
-                "best_state": self.best_state,
-                "best_epoch": self.best_epoch,
-                "history_until": None if self.history_until is None else self.history_until.isoformat(),
-            },
-            tmp,
-        )
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: Path | str) -> "Recommender":
-        # weights_only: a checkpoint from a registry is data, never code to run.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = TwoTower(ModelArgs(**state["model_args"]))
-        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-        unexpected = [key for key in unexpected if key not in LEGACY_REPEAT_KEYS]
-        if unexpected or set(missing) - TEXT_KEYS - MEMORY_KEYS - CONSUMED_KEYS:
-            raise RuntimeError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
-        if set(missing) & MEMORY_KEYS:
-            logger.warning("%s was written before the basket memory: its memory starts empty (the towers score alone) and fills with the baskets of its next updates", path)
-        if set(missing) & TEXT_KEYS:  # written before the text tower existed: leave titles out of its scores
-            with torch.no_grad():
-                model.text_projection.weight.zero_()
-        # Written before the basket memory (or with the purchase counts it replaced): the memory
-        # stays empty with weight 0, and the next update folds in only the baskets it gets.
-        model.eval()
-        return cls(
-            model=model,
-            users=Vocabulary(state["users"]),
-            items=Vocabulary(state["items"], reserved=1),
-            categories=Vocabulary(state["categories"], reserved=1),
-            item_counts=pd.Series(state["item_counts"], dtype="int64"),
-            config=TrainConfig(**state["config"]),
-            user_counts=pd.Series(state.get("user_counts", {}), dtype="int64"),
-            steps=state["steps"],
-            optimizer_state=state["optimizer_state"],
-            history=state.get("history", []),
-            curve=state.get("curve", []),
-            epochs_done=state.get("epochs_done", 0),
-            best_score=state.get("best_score"),
-            best_state=state.get("best_state"),
-            best_epoch=state.get("best_epoch", 0),
-            history_until=pd.Timestamp(state["history_until"]) if state.get("history_until") else None,
-        )
-
-
-TEXT_KEYS = {"text_projection.weight", "item_text"}
-CONSUMED_KEYS = {"consumed_indptr", "consumed_items"}  # older models kept no consumed items
-MEMORY_KEYS = {"memory_items", "memory_sums", "memory_baskets", "item_recent", "memory_weight"}
-LEGACY_REPEAT_KEYS = {"user_top_items", "user_top_counts", "repeat_weight"}  # the purchase counts of older models
 # Memory weights tried after training, on the held-out slice (the towers' cosine has weight 1);
 # 0 keeps the towers' scores alone. See docs/finetuning.md for what Online Retail chose.
 MEMORY_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
@@ -315,8 +191,7 @@ def remember(recommender: Recommender, rows: pd.DataFrame, catalog: pd.DataFrame
     a served model should know it. Users new in ``rows`` get a row placed by their history."""
     remembered = prepare(rows, catalog, recommender.config, recommender)
     remembered.model.eval()
-    for name in ("steps", "history", "curve", "epochs_done", "best_score", "best_epoch"):
-        setattr(remembered, name, getattr(recommender, name))
+    remembered.training = recommender.training.record()
     return remembered
 
 
@@ -387,8 +262,8 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or sys.maxsize)
     sparse = uses_sparse_tables(model.args, world)
     optimizer = LazyAdam(model.parameters(), lr=config.learning_rate, fused=True)
-    if recommender.optimizer_state is not None and recommender.epochs_done:
-        optimizer.load_state_dict(recommender.optimizer_state)
+    if recommender.training.optimizer_state is not None and recommender.training.epochs_done:
+        optimizer.load_state_dict(recommender.training.optimizer_state)
     # Buffers (histories, item side data) are the same in every process: no need to broadcast them.
     forward = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -402,28 +277,28 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
         # A compiled backward drops the id tables' sparse gradients (torch 2.13): they would not learn.
         logger.info("not compiling the loss step: the id tables train on sparse gradients")
     loss_of = torch.compile(loss_step, dynamic=False) if config.compile and not sparse else loss_step
-    if validate is not None and recommender.best_score is None:
-        recommender.best_score = _score(validate, recommender, model)
-        recommender.best_state = _cpu_copy(model.state_dict())
-        logger.info("before training: validation score %.4f", recommender.best_score)
+    if validate is not None and recommender.training.best_score is None:
+        recommender.training.best_score = _score(validate, recommender, model)
+        recommender.training.best_state = _cpu_copy(model.state_dict())
+        logger.info("before training: validation score %.4f", recommender.training.best_score)
 
     bar = tqdm(
         total=min(config.epochs * len(users), total_steps * config.batch_size),
-        initial=min(recommender.epochs_done * len(users), recommender.steps * config.batch_size), unit="int", unit_scale=True,
+        initial=min(recommender.training.epochs_done * len(users), recommender.training.steps * config.batch_size), unit="int", unit_scale=True,
         desc="training", disable=not progress or rank != 0, mininterval=1.0, dynamic_ncols=True,
     )
     while (
-        recommender.epochs_done < config.epochs
-        and recommender.steps < total_steps
-        and (validate is None or recommender.epochs_done - recommender.best_epoch < config.patience)
+        recommender.training.epochs_done < config.epochs
+        and recommender.training.steps < total_steps
+        and (validate is None or recommender.training.epochs_done - recommender.training.best_epoch < config.patience)
     ):
-        epoch, started = recommender.epochs_done, time.perf_counter()
+        epoch, started = recommender.training.epochs_done, time.perf_counter()
         model.train()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(users), generator=generator).to(device)
         total, n_batches, since_log, logged = torch.zeros((), device=device), 0, torch.zeros((), device=device), 0
         for start in range(0, len(order), config.batch_size):
-            if recommender.steps >= total_steps:
+            if recommender.training.steps >= total_steps:
                 break
             batch = order[start : start + config.batch_size]
             bar.update(len(batch))
@@ -432,7 +307,7 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
                 continue
             share = len(batch) // world
             mine = batch[rank * share : (rank + 1) * share]
-            lr = config.learning_rate * lr_factor(recommender.steps, total_steps, config)
+            lr = config.learning_rate * lr_factor(recommender.training.steps, total_steps, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = loss_of(users[mine], items[batch], rank * share, None if weights is None else weights[mine])
@@ -443,10 +318,10 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
             since_log += loss.detach()
             n_batches += 1
             logged += 1
-            recommender.steps += 1
-            if recommender.steps % LOG_EVERY == 0:
-                point = {"step": recommender.steps, "loss": _global_mean(since_log, world) / logged, "lr": lr}
-                recommender.curve.append(point)
+            recommender.training.steps += 1
+            if recommender.training.steps % LOG_EVERY == 0:
+                point = {"step": recommender.training.steps, "loss": _global_mean(since_log, world) / logged, "lr": lr}
+                recommender.training.curve.append(point)
                 bar.set_postfix(loss=f"{point['loss']:.3f}", lr=f"{point['lr']:.2g}")
                 since_log.zero_()
                 logged = 0
@@ -454,17 +329,17 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
             "epoch": epoch + 1,
             "loss": _global_mean(total, world) / max(n_batches, 1),
             "lr": optimizer.param_groups[0]["lr"],
-            "steps": recommender.steps,
+            "steps": recommender.training.steps,
             "seconds": time.perf_counter() - started,
         }
         if validate is not None:
             record["validation"] = _score(validate, recommender, model)
-            if record["validation"] > recommender.best_score:
-                recommender.best_score, recommender.best_state = record["validation"], _cpu_copy(model.state_dict())
-                recommender.best_epoch = epoch + 1
-        recommender.history.append(record)
-        recommender.epochs_done += 1
-        recommender.optimizer_state = optimizer.state_dict()
+            if record["validation"] > recommender.training.best_score:
+                recommender.training.best_score, recommender.training.best_state = record["validation"], _cpu_copy(model.state_dict())
+                recommender.training.best_epoch = epoch + 1
+        recommender.training.history.append(record)
+        recommender.training.epochs_done += 1
+        recommender.training.optimizer_state = optimizer.state_dict()
         if checkpoint_path is not None and rank == 0:
             recommender.model = model
             recommender.save(checkpoint_path)
@@ -473,10 +348,10 @@ def _train(recommender, interactions, validate, checkpoint_path, on_epoch_end, p
             on_epoch_end(record)
     bar.close()
     model.eval()
-    if recommender.best_state is not None:
-        model.load_state_dict(recommender.best_state)
+    if recommender.training.best_state is not None:
+        model.load_state_dict(recommender.training.best_state)
     recommender.model = model.cpu()
-    recommender.best_state = None  # the weights are the best ones now: no second copy to ship
+    recommender.training.best_state = None  # the weights are the best ones now: no second copy to ship
     return recommender
 
 
@@ -511,7 +386,7 @@ def _resume(prepared: Recommender, checkpoint_path: Path) -> Recommender:
     saved = Recommender.load(checkpoint_path)
     if saved.users.ids != prepared.users.ids or saved.items.ids != prepared.items.ids:
         raise ValueError(f"{checkpoint_path} belongs to another training (its vocabularies differ); remove it to start over")
-    logger.info("resuming from %s after epoch %d (step %d)", checkpoint_path, saved.epochs_done, saved.steps)
+    logger.info("resuming from %s after epoch %d (step %d)", checkpoint_path, saved.training.epochs_done, saved.training.steps)
     saved.config = prepared.config
     return saved
 

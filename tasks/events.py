@@ -64,7 +64,9 @@ def api_configured() -> bool:
 
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any], related: list[dict[str, str]] | None = None) -> bool:
     """Send ``event``; False, with a warning logged, when it cannot be sent. Inside a flow or task
-    run Prefect adds the run, its flow, deployment and tags as related resources."""
+    run Prefect adds the run, its flow, deployment and tags as related resources; in a subflow
+    the flow run that started it all is added too (role ``root-flow-run``)."""
+    related = [*(related or []), *_root_flow_run()]
     try:
         sent = emit_event(event, resource=resource, payload=payload, related=related or None)
     except Exception as error:  # too large, or a resource Prefect refuses: the run goes on
@@ -73,6 +75,21 @@ def emit(event: str, resource: dict[str, str], payload: dict[str, Any], related:
     if sent is None:
         _log().warning("event %s was not sent: Prefect has no events client here (see Prefect's log)", event)
     return sent is not None
+
+
+def _root_flow_run() -> list[dict[str, str]]:
+    """The top flow run of the subflow this code runs in, as a related resource; none outside a
+    subflow (or when the API cannot say)."""
+    from prefect.runtime import flow_run
+
+    try:
+        current, parent = flow_run.id, flow_run.parent_flow_run_id
+        root = flow_run.root_flow_run_id if current and parent else None
+    except Exception:  # the API is down: the event goes without it
+        return []
+    if not root or root == current:
+        return []
+    return [{"prefect.resource.id": f"prefect.flow-run.{root}", "prefect.resource.role": "root-flow-run"}]
 
 
 def _log() -> logging.Logger:

@@ -1,6 +1,6 @@
 """The two gates of the workflow, as pure functions of typed signals and settings.
 
-`decide_update` says whether new data is worth a fine-tune; `promotion_verdict` says whether a
+`decide_update` says whether new data is worth a fine-tune; `judge_challenger` says whether a
 challenger may replace the champion. Both return every reason, so the decision can be audited.
 """
 
@@ -28,7 +28,7 @@ class UpdateSignals:
     """What the monitor measured on a batch, before any threshold is applied."""
 
     drift_share: float  # share of monitored columns that drifted against the champion's reference
-    decay: float  # relative drop of the champion's Recall@K on the batch vs its own holdout
+    decay: float  # relative drop of the champion's primary metric at K on the batch vs its own holdout
     new_rows: int  # accepted rows since the champion's training watermark, this batch included
     champion_age_days: float  # newest event of the batch minus the newest the champion trained on
 
@@ -62,8 +62,8 @@ def decide_update(measured: UpdateSignals, settings: Settings) -> UpdateDecision
         return UpdateDecision(False, [reason], signals)
     fired = [s for s in signals if s.fired]
     if fired:
-        return UpdateDecision(True, [_describe(s) for s in fired], signals)
-    return UpdateDecision(False, ["no signal crossed its threshold: " + "; ".join(_describe(s) for s in signals)], signals)
+        return UpdateDecision(True, [_describe(s, settings) for s in fired], signals)
+    return UpdateDecision(False, ["no signal crossed its threshold: " + "; ".join(_describe(s, settings) for s in signals)], signals)
 
 
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "hit_rate": "HitRate", "mrr": "MRR"}
@@ -97,7 +97,7 @@ class GateCheck:
     reason: str
 
 
-def promotion_verdict(evidence: PromotionEvidence, settings: Settings) -> PromotionVerdict:
+def judge_challenger(evidence: PromotionEvidence, settings: Settings) -> PromotionVerdict:
     """Promote iff every check passes: the value threshold (the challenger reaches
     ``min_primary_metric``), the change thresholds (it beats the champion by more than
     ``min_improvement`` absolute and ``min_relative_improvement`` relative), the forgetting
@@ -169,14 +169,14 @@ def _significance_check(e: PromotionEvidence) -> GateCheck:
     return GateCheck("significance", passed, f"gain interval [{low:+.4f}, {high:+.4f}] is {verdict} zero")
 
 
-def _describe(signal: Signal) -> str:
+def _describe(signal: Signal, settings: Settings) -> str:
     relation = ">=" if signal.fired else "<"
     if signal.name == "new_rows":
         return f"new rows {signal.value:,.0f} {relation} {signal.threshold:,.0f}"
     if signal.name == "champion_age_days":
         return f"champion age {signal.value:.0f} days {relation} {signal.threshold:.0f}"
     if signal.name == "decay":
-        return f"Recall decay {signal.value:.0%} {relation} {signal.threshold:.0%}"
+        return f"{METRIC_LABELS[settings.primary_metric]} decay {signal.value:.0%} {relation} {signal.threshold:.0%}"
     return f"drift share {signal.value:.2f} {relation} {signal.threshold:.2f}"
 
 
@@ -187,5 +187,6 @@ def champion_age_days(batch_until: datetime | None, trained_until: pd.Timestamp)
     return max(0.0, (pd.Timestamp(batch_until) - trained_until).total_seconds() / 86_400)
 
 
-decide = task(name="decide")(decide_update)
-judge_challenger = task(name="judge-challenger")(promotion_verdict)
+# The policy as Prefect tasks under its own names; the pure functions stay at ``.fn``.
+decide_update = task(name="decide-update")(decide_update)
+judge_challenger = task(name="judge-challenger")(judge_challenger)

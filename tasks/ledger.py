@@ -9,8 +9,12 @@ SQLAlchemy Core over any URL (SQLite by default, PostgreSQL at scale). Rows in =
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -116,12 +120,30 @@ class BatchRecord:
     update_error: str | None = None
 
 
-def connect(url: str) -> sa.Engine:
-    """Open the ledger, creating its tables on first use."""
-    if url.startswith("sqlite:///"):
-        from pathlib import Path
+# One engine per ledger and process: the tables, index and columns are checked once, not at
+# every call (keyed by process too: an engine never crosses a fork).
+_ENGINES: dict[tuple[str, int], sa.Engine] = {}
+_ENGINES_LOCK = threading.Lock()
 
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+def connect(url: str) -> sa.Engine:
+    """The ledger at ``url``, its tables created on first use. Opened once per process: later
+    calls return the same engine (its connection pool), unless a SQLite file it opened is gone."""
+    key = (url, os.getpid())
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is not None and (path is None or path.exists()):
+            return engine
+        if engine is not None:  # its file was removed (a reset home): start a new one
+            engine.dispose()
+        _ENGINES[key] = engine = _open(url, path)
+        return engine
+
+
+def _open(url: str, path: Path | None) -> sa.Engine:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
     try:
         metadata.create_all(engine)

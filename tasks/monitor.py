@@ -17,11 +17,11 @@ from data_checks.landing import output_stem
 from data_checks.markup import md_text, url_segment
 from models.settings import Settings
 from models.evaluate import evaluate, user_sample
-from models.train import Recommender
+from models.recommender import Recommender
 from tasks import ledger
-from tasks.gates import UpdateDecision, UpdateSignals, champion_age_days
+from tasks.gates import METRIC_LABELS, UpdateDecision, UpdateSignals, champion_age_days
 from tasks.ingest import BatchValidation, artifact_key, load_catalog
-from tasks.tracking import ChampionInfo, mlflow_client, nested_run_tags
+from tasks.tracking import ChampionInfo, mlflow_client, nested_run_tags, tracking_store
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,16 @@ class Decay:
     """The champion's ranking quality on a new batch (its purchases are the labels) against the
     quality it had on its own holdout when it was trained."""
 
-    batch_recall: float
-    holdout_recall: float
+    batch_score: float  # the primary metric at K on the batch
+    holdout_score: float  # ... on the champion's own holdout
     users: int  # batch users the champion knows, the ones scored
+    metric: str = "recall"  # settings.primary_metric
 
     @property
     def relative(self) -> float:
-        if self.holdout_recall <= 0 or self.users == 0:
+        if self.holdout_score <= 0 or self.users == 0:
             return 0.0
-        return max(0.0, (self.holdout_recall - self.batch_recall) / self.holdout_recall)
+        return max(0.0, (self.holdout_score - self.batch_score) / self.holdout_score)
 
 
 def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
@@ -63,7 +64,8 @@ def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: S
     else:
         batch = pd.read_parquet(validation.accepted_path)
     metrics = evaluate(recommender, batch, known, settings.eval_k, target_event=settings.target_event)
-    return Decay(metrics.recall, champion.holdout_recall, metrics.users)
+    metric = settings.primary_metric
+    return Decay(metrics.value(metric), champion.holdout_score(metric), metrics.users, metric)
 
 
 def rows_since_champion(settings: Settings, through_batch_id: int) -> int:
@@ -76,7 +78,8 @@ def log_decision_run(
 ) -> str:
     """An MLflow run per decision, update or not: every signal, the thresholds, the drift report."""
     _, experiment_id = mlflow_client(settings)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"decide {validation.file_name}", tags=nested_run_tags("decision")) as run:
+    tags = nested_run_tags("decision")
+    with tracking_store(settings), mlflow.start_run(experiment_id=experiment_id, run_name=f"decide {validation.file_name}", tags=tags) as run:
         mlflow.set_tags(
             {
                 "freshrec.batch": validation.file_name,
@@ -88,8 +91,8 @@ def log_decision_run(
         mlflow.log_metrics(
             {
                 **{f"signal.{s.name}": s.value for s in decision.signals},
-                "batch_recall": decay.batch_recall,
-                "holdout_recall": decay.holdout_recall,
+                f"batch_{decay.metric}": decay.batch_score,
+                f"holdout_{decay.metric}": decay.holdout_score,
                 "unseen_item_share": drift.unseen_item_share,
                 "unseen_user_share": drift.unseen_user_share,
                 **{f"drift.{c.column}": c.score for c in drift.columns},
@@ -116,8 +119,8 @@ def detect_batch_drift(validation: BatchValidation, champion: ChampionInfo, sett
 def measure_decay(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> Decay:
     decay = batch_decay(validation, champion, settings)
     get_run_logger().info(
-        "champion Recall@%d on the batch %.4f over %d known users (on its holdout: %.4f): decay %.0f%%",
-        settings.eval_k, decay.batch_recall, decay.users, decay.holdout_recall, 100 * decay.relative,
+        "champion %s@%d on the batch %.4f over %d known users (on its holdout: %.4f): decay %.0f%%",
+        METRIC_LABELS[decay.metric], settings.eval_k, decay.batch_score, decay.users, decay.holdout_score, 100 * decay.relative,
     )
     return decay
 
@@ -145,7 +148,7 @@ def log_decision(settings: Settings, validation: BatchValidation, drift: DriftRe
         description=md_text(f"{validation.file_name}: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}"),
     )
     if drift.report_path:
-        report_uri = mlflow.get_run(run_id).info.artifact_uri + "/reports/" + url_segment(Path(drift.report_path).name)
+        report_uri = mlflow_client(settings)[0].get_run(run_id).info.artifact_uri + "/reports/" + url_segment(Path(drift.report_path).name)
         create_link_artifact(key=key.replace("decision-", "drift-report-", 1), link=report_uri,
                              link_text=md_text(f"Evidently drift report for {validation.file_name}"))
     return run_id

@@ -26,13 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from data_checks.drift import DriftResult, reference_sample
+from models.evaluate import METRICS
 from models.settings import Settings
 from models.plots import training_figure
 from models.pyfunc import SIGNATURE, ServingLimits
-from models.train import Recommender
+from models.recommender import Recommender
 from tasks import events, ledger
 from tasks.gates import PromotionVerdict, UpdateDecision
-from tasks.tracking import CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionInfo, champion_version, mlflow_client, nested_run_tags, not_in_registry
+from tasks.tracking import CARD_ARTIFACT, CHECKPOINT_ARTIFACT, REFERENCE_ARTIFACT, ChampionCard, ChampionInfo, champion_version, mlflow_client, nested_run_tags, not_in_registry, tracking_store
 from tasks.training import Challenger, Evaluation, TrainingData
 
 PREVIOUS_ALIAS = "previous-champion"
@@ -68,7 +69,7 @@ def log_run(
     # One known user and one the model never saw: the example shows the popularity fallback too.
     example = pd.DataFrame({"user_id": recommender.users.ids[:1] + ["new-visitor"], "k": 3})
     tags = nested_run_tags("training")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+    with tracking_store(settings), mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         reference_path = Path(tmp) / REFERENCE_ARTIFACT
         checkpoint_path = Path(tmp) / CHECKPOINT_ARTIFACT  # a fixed name: the champion's loader looks for it
         shutil.copyfile(challenger.checkpoint_path, checkpoint_path)
@@ -123,6 +124,13 @@ def log_run(
                 mlflow.log_artifact(drift.report_path, artifact_path="reports")
         mlflow.log_metrics(metrics)
         log_lineage(settings, data)
+        card = ChampionCard(
+            trained_until=str(pd.Timestamp(data.data_range()["trained_until"]).isoformat()), eval_k=settings.eval_k,
+            target_event=settings.target_event, holdout={m: evaluation.challenger.value(m) for m in METRICS}, batches=list(data.batch_ids),
+        )
+        card_path = Path(tmp) / CARD_ARTIFACT
+        card_path.write_text(card.to_json())
+        mlflow.log_artifact(str(card_path))
         mlflow.set_tags(
             {
                 "freshrec.decision": json.dumps(decision.reasons if decision else ["bootstrap"]),
@@ -155,19 +163,19 @@ def log_training_curves(run_id: str, recommender: Recommender) -> None:
     now = int(time.time() * 1000)
     metrics = [
         Metric(key, float(record[field]), now, int(record["steps"]))
-        for record in recommender.history
+        for record in recommender.training.history
         for key, field in (("epoch_loss", "loss"), ("validation_recall", "validation"))
         if field in record
     ]
     metrics += [
         Metric(key, float(point[field]), now, int(point["step"]))
-        for point in recommender.curve
+        for point in recommender.training.curve
         for key, field in (("loss", "loss"), ("learning_rate", "lr"))
     ]
     client = MlflowClient()
     for start in range(0, len(metrics), 1000):  # the REST API takes at most 1000 per batch
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    mlflow.log_figure(training_figure(recommender.history, recommender.curve), "training/curves.png")
+    mlflow.log_figure(training_figure(recommender.training.history, recommender.training.curve), "training/curves.png")
 
 
 # Rows whose values MLflow reads one by one to infer a dataset's column types: its inference
@@ -252,8 +260,8 @@ def register(
     if (str(current.version) if current else None) != compared:
         moved_to = current.version if current else "none"
         return _not_promoted(client, run_id, f"@{alias} moved from version {compared or 'none'} to {moved_to} while this challenger trained")
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    describe_version(client, settings, str(version), tags)
+    with tracking_store(settings):
+        version = mlflow.register_model(model_uri, name, tags=tags).version
     reason = json.loads(tags["freshrec.verdict_reasons"])
     move = ledger.claim_move(
         engine, name, alias, compared, str(version), "promote", "; ".join(reason), run_id, flow_run_id, consumed_batch_ids=batch_ids
@@ -296,12 +304,15 @@ def version_description(run_id: str, tags: dict[str, str]) -> str:
     return line if len(line) <= 1000 else line[:997] + "..."
 
 
-def describe_version(client: MlflowClient, settings: Settings, version: str, tags: dict[str, str]) -> None:
-    """The registered model's description (when it has none) and the version's one line."""
+def describe_version(client: MlflowClient, settings: Settings, version: str) -> None:
+    """The registered model's description (when it has none) and the version's one line, from
+    the version's own tags (a version registered without them keeps its description)."""
     name = settings.registered_model_name
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=MODEL_DESCRIPTION.format(alias=settings.champion_alias))
-    client.update_model_version(name, version, description=version_description(tags["freshrec.run_id"], tags))
+    tags = client.get_model_version(name, version).tags
+    if all(key in tags for key in ("freshrec.run_id", "freshrec.data_range", "freshrec.parent_version", "freshrec.verdict_reasons", "freshrec.batches")):
+        client.update_model_version(name, version, description=version_description(tags["freshrec.run_id"], tags))
 
 
 def expected_aliases(engine: sa.Engine, client: MlflowClient, settings: Settings, move: ledger.AliasMove) -> dict[str, str]:
@@ -321,6 +332,8 @@ def apply_move(client: MlflowClient, engine: sa.Engine, settings: Settings, move
     name, alias = settings.registered_model_name, settings.champion_alias
     if move.action == "promote" and move.mlflow_run_id:
         client.set_tag(move.mlflow_run_id, "freshrec.promotion", f"promoted to version {move.to_version}")
+    if move.action == "promote" and _has_version(client, name, move.to_version):
+        describe_version(client, settings, move.to_version)
     rolled_back_from = move.from_version if move.action == "rollback" and move.from_version != move.to_version else None
     if rolled_back_from is not None and _has_version(client, name, rolled_back_from):  # it may be deleted since
         rolled_back = {"at": move.moved_at.isoformat(), "to": move.to_version, "reason": move.reason}

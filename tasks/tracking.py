@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -20,10 +21,45 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.landing import output_stem
+from models.files import temporary_beside
 from models.settings import Settings, secret_block
+from tasks.logs import run_logger
 
 CHECKPOINT_ARTIFACT = "recommender.pt"
 REFERENCE_ARTIFACT = "reference.parquet"
+CARD_ARTIFACT = "champion_card.json"  # a training run's ChampionCard, at the root of its artifacts
+
+
+@dataclass(frozen=True)
+class ChampionCard:
+    """What a later run needs to know of a trained version, written with its training run: the
+    watermark of the data it was trained on and its scores on its own held-out slice (what decay
+    is measured against)."""
+
+    trained_until: str  # ISO 8601: the newest event the version was trained on
+    eval_k: int
+    target_event: str
+    holdout: dict[str, float]  # metric -> score on the newest held-out slice (recall, ndcg, hit_rate, mrr)
+    batches: list[int] = field(default_factory=list)  # the ledger batches it was trained on
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ChampionCard":
+        """A card read back; a malformed one raises ValueError naming what is wrong."""
+        try:
+            raw = json.loads(text)
+            card = cls(
+                trained_until=str(pd.Timestamp(raw["trained_until"]).isoformat()), eval_k=int(raw["eval_k"]),
+                target_event=str(raw["target_event"]), holdout={str(k): float(v) for k, v in dict(raw["holdout"]).items()},
+                batches=[int(b) for b in raw.get("batches", [])],
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a champion card: {type(error).__name__}: {error}") from None
+        if "recall" not in card.holdout:
+            raise ValueError("not a champion card: no holdout recall")
+        return card
 
 
 @dataclass(frozen=True)
@@ -36,15 +72,48 @@ class ChampionInfo:
     reference_path: Path
     trained_until: pd.Timestamp  # newest event the champion was trained on (its watermark)
     holdout_recall: float
+    holdout_scores: dict[str, float] = field(default_factory=dict)  # every metric on its holdout (its card)
+
+    def holdout_score(self, metric: str) -> float:
+        """The champion's ``metric`` on its own held-out slice, what decay compares a batch with."""
+        return self.holdout_recall if metric == "recall" else self.holdout_scores[metric]
 
 
-def use_tracking_store(settings: Settings) -> None:
-    """Point this process's MLflow at the configured store, with the tracking server's password
-    from its Secret block when the environment does not give one."""
+def export_tracking_password(settings: Settings) -> None:
+    """The tracking server's password from its Secret block, in MLFLOW_TRACKING_PASSWORD (where
+    MLflow's client reads it) when the environment does not give one."""
     if settings.mlflow_tracking_password_secret_block and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
         os.environ["MLFLOW_TRACKING_PASSWORD"] = secret_block(settings.mlflow_tracking_password_secret_block)
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def tracking_store(settings: Settings) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.start_run``, ``log_model``, ``register_model``, artifact
+    downloads) pointed at the settings' store for the block only. MLflow keeps its URIs in
+    process globals and exports them to the environment, where ``Settings`` would read them: the
+    process's previous URIs and variables come back when the block ends, so one store never
+    becomes the default of later code (another home, a test, a library user's own MLflow)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    export_tracking_password(settings)
+    before = tracking_utils._tracking_uri, registry_utils._registry_uri, {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    try:
+        yield
+    finally:
+        tracking, registry, variables = before
+        mlflow.set_tracking_uri(tracking)
+        registry_utils._registry_uri = registry
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
@@ -116,18 +185,24 @@ def nested_run_tags(stage: str) -> dict[str, str]:
     return {**tags, MLFLOW_PARENT_RUN_ID: parent.run_id, "freshrec.parent_run_id": parent.run_id}
 
 
-def mlflow_client(settings: Settings) -> tuple[MlflowClient, str]:
-    """Point MLflow at the configured store and return a client and the experiment id."""
-    use_tracking_store(settings)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(settings.experiment_name)
+def registry_client(settings: Settings) -> MlflowClient:
+    """A client of the settings' store and registry; nothing process-wide is changed."""
+    export_tracking_password(settings)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
+def mlflow_client(settings: Settings, experiment_name: str | None = None) -> tuple[MlflowClient, str]:
+    """A client of the settings' store (nothing process-wide is changed) and the id of the
+    experiment ``experiment_name`` (default: the settings'), created on first use."""
+    client = registry_client(settings)
+    name = experiment_name or settings.experiment_name
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return client, experiment.experiment_id
-    location = artifact_location(settings)
     try:
-        return client, client.create_experiment(settings.experiment_name, artifact_location=location)
+        return client, client.create_experiment(name, artifact_location=artifact_location(settings))
     except MlflowException:  # created meanwhile by a concurrent run
-        return client, client.get_experiment_by_name(settings.experiment_name).experiment_id
+        return client, client.get_experiment_by_name(name).experiment_id
 
 
 def artifact_location(settings: Settings) -> str | None:
@@ -178,7 +253,7 @@ def aliased_versions(settings: Settings) -> dict[str, str]:
 
 
 def champion_cache_dir(settings: Settings, version: str) -> Path:
-    """Where fetch_champion keeps a registered version's files: an entry of the champion cache."""
+    """Where load_champion keeps a registered version's files: an entry of the champion cache."""
     return settings.home / "cache" / f"{settings.registered_model_name}-v{version}"
 
 
@@ -187,7 +262,7 @@ def cached_checkpoint_path(settings: Settings, version: str) -> Path:
     return champion_cache_dir(settings, version) / "model" / "artifacts" / CHECKPOINT_ARTIFACT
 
 
-def fetch_champion(settings: Settings) -> ChampionInfo | None:
+def _fetch_champion(settings: Settings) -> ChampionInfo | None:
     """Download the champion's checkpoint and drift reference (cached by version; an entry
     pruned since, or never fetched, is downloaded again from the registry)."""
     client, _ = mlflow_client(settings)
@@ -201,23 +276,53 @@ def fetch_champion(settings: Settings) -> ChampionInfo | None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cache_dir))
         uri = f"models:/{settings.registered_model_name}/{version.version}"
-        Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging))).replace(model_dir)
+        with tracking_store(settings):
+            downloaded = mlflow.artifacts.download_artifacts(uri, dst_path=str(staging))
+        Path(downloaded).replace(model_dir)
         shutil.rmtree(staging, ignore_errors=True)
-    run = client.get_run(version.run_id)
+    card = champion_card(client, version.run_id, cache_dir)
     return ChampionInfo(
         version=str(version.version),
         run_id=version.run_id,
         checkpoint_path=cached_checkpoint_path(settings, str(version.version)),
         reference_path=model_dir / "artifacts" / REFERENCE_ARTIFACT,
-        trained_until=pd.Timestamp(run.data.params["trained_until"]),
-        holdout_recall=float(run.data.metrics["challenger_recall"]),
+        trained_until=pd.Timestamp(card.trained_until),
+        holdout_recall=card.holdout["recall"],
+        holdout_scores=dict(card.holdout),
     )
+
+
+def champion_card(client: MlflowClient, run_id: str, cache_dir: Path) -> ChampionCard:
+    """The card of the training run ``run_id`` (kept in ``cache_dir``). A version trained before
+    cards were written has none: its card is made from the run's `trained_until` parameter and
+    `challenger_*` metrics, once, and kept the same way."""
+    kept = cache_dir / CARD_ARTIFACT
+    if kept.exists():
+        return ChampionCard.from_json(kept.read_text())
+    try:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as staging:
+            card = ChampionCard.from_json(Path(client.download_artifacts(run_id, CARD_ARTIFACT, staging)).read_text())
+    except MlflowException:  # no card in that run
+        run = client.get_run(run_id)
+        metrics = run.data.metrics
+        card = ChampionCard(
+            trained_until=str(pd.Timestamp(run.data.params["trained_until"]).isoformat()),
+            eval_k=int(run.data.params.get("eval_k", 20)), target_event=run.data.params.get("target_event", "purchase"),
+            holdout={m: float(metrics[f"challenger.newest.{m}"]) for m in ("ndcg", "hit_rate", "mrr") if f"challenger.newest.{m}" in metrics}
+            | {"recall": float(metrics["challenger_recall"])},
+        )
+    temporary = temporary_beside(kept)
+    temporary.write_text(card.to_json())
+    temporary.replace(kept)
+    return card
 
 
 @task(name="load-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_champion(settings: Settings) -> ChampionInfo | None:
-    champion = fetch_champion(settings)
-    logger = get_run_logger()
+    """The champion with its checkpoint and drift reference downloaded (cached by version), or
+    None before the first bootstrap."""
+    champion = _fetch_champion(settings)
+    logger = run_logger(__name__)
     if champion is None:
         logger.info("no %s@%s registered yet", settings.registered_model_name, settings.champion_alias)
     else:
@@ -232,7 +337,7 @@ def log_validation_run(
     _, experiment_id = mlflow_client(settings)
     stem = output_stem(batch_id, file_name)
     tags = {**nested_run_tags("validation"), "freshrec.batch": file_name, "freshrec.status": status}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}", tags=tags) as run:
+    with tracking_store(settings), mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {file_name}", tags=tags) as run:
         mlflow.log_metrics({**counts, **{f"failed.{rule}": rows for rule, rows in rule_rows.items()}})
         # Named, never globbed: a landing file's name may hold glob characters ([, ], *, ?).
         for report in (report_dir / f"{stem}.validation.json", report_dir / f"{stem}.validation.md"):

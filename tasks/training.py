@@ -28,8 +28,10 @@ from models.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
-from models.train import Recommender, TrainConfig, calibrate_memory_weight, event_weights, prepare, remember, train
+from models.recommender import Recommender, TrainConfig
+from models.train import calibrate_memory_weight, event_weights, prepare, remember, train
 from tasks import history, ledger
+from tasks.logs import run_logger
 from tasks.gates import PromotionEvidence
 from tasks.ingest import load_catalog
 from tasks.tracking import ChampionInfo, aliased_versions, cached_checkpoint_path
@@ -157,7 +159,7 @@ def holdout_split(new: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.
     return new[new["event_time"] < cut], new[new["event_time"] >= cut]
 
 
-def assemble(
+def _assemble(
     settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
 ) -> TrainingData:
     """New rows (pending batches plus the champion's own holdout), a replay sample of history,
@@ -329,7 +331,7 @@ def training_key(data: TrainingData, champion: ChampionInfo | None, config: Trai
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, on_epoch_end=None) -> Challenger:
+def _fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, on_epoch_end=None) -> Challenger:
     """Train a challenger from the starting point settings.init_from names, with a checkpoint
     each epoch (a retry resumes there) and early stopping on the held-out slice."""
     init_from, start = starting_point(settings, champion)
@@ -347,13 +349,13 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
         def validate(model: Recommender) -> float:
             return evaluate(
                 model, data.holdout, data.eval_users, settings.eval_k, target_event=settings.target_event, max_users=settings.eval_max_users,
-            ).recall
+            ).value(settings.primary_metric)
 
     key = training_key(data, champion, config)
     progress_path = settings.checkpoints_dir / f"training-{key}.pt"
     if settings.train_processes > 1:
         recommender = train_with_torchrun(recommender, rows, data, settings, settings.checkpoints_dir / f"torchrun-{key}")
-        for record in recommender.history if on_epoch_end else []:
+        for record in recommender.training.history if on_epoch_end else []:
             on_epoch_end(record)
     else:
         recommender = train(recommender, rows, validate=validate, checkpoint_path=progress_path, on_epoch_end=on_epoch_end)
@@ -366,9 +368,9 @@ def fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, o
         checkpoint_path=str(path),
         init_from=init_from,
         train_seconds=seconds,
-        epochs=recommender.epochs_done,
-        best_epoch=recommender.best_epoch,
-        final_loss=recommender.history[-1]["loss"] if recommender.history else float("nan"),
+        epochs=recommender.training.epochs_done,
+        best_epoch=recommender.training.best_epoch,
+        final_loss=recommender.training.history[-1]["loss"] if recommender.training.history else float("nan"),
     )
 
 
@@ -382,7 +384,7 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
         "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
-        "--max-users", str(settings.eval_max_users),
+        "--max-users", str(settings.eval_max_users), "--metric", settings.primary_metric,
     ]
     if len(data.holdout):
         data.holdout.to_parquet(work / "holdout.parquet", index=False)
@@ -406,7 +408,7 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     return trained
 
 
-def compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
+def _compare(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
     """Both models on the same slices: the newest holdout, the historical slice and the holdout's
     purchases of new items (cold start), with bootstrap intervals on the primary metric. Every
     slice is scored on its events of settings.target_event."""
@@ -441,7 +443,7 @@ def compare(challenger: Challenger, champion: ChampionInfo | None, data: Trainin
     return Evaluation(slices, metric, bootstrap_ci(challenger_values, **ci), champion_interval, gain_interval, settings.target_event)
 
 
-def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
+def _remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
     """The evaluated challenger with the held-out rows added to its user histories (not to its
     weights: the next update trains on them), so the model that serves knows every user's
     latest purchases. Run after evaluation: scored with them, the holdout would leak."""
@@ -551,7 +553,7 @@ def prune(settings: Settings, protected: set[Path], in_use_since: float, champio
 
 def _remove(path: Path) -> None:
     """A folder is first renamed out of the way, so a removal that dies half-way never leaves
-    what looks like a whole cache entry (fetch_champion trusts one that exists)."""
+    what looks like a whole cache entry (load_champion trusts one that exists)."""
     if not path.is_dir():
         path.unlink()
         return
@@ -564,27 +566,32 @@ def _remove(path: Path) -> None:
 def assemble_training_data(
     settings: Settings, champion: ChampionInfo | None, until: pd.Timestamp | None = None, through_batch_id: int | None = None
 ) -> TrainingData:
-    data = assemble(settings, champion, until, through_batch_id)
-    get_run_logger().info(
-        "training data: %d new rows, %d replayed, %d held out for evaluation",
-        len(data.new), len(data.replay), len(data.holdout),
-    )
+    """The rows an update trains on and is judged on: the new batches' rows (minus the newest
+    slice, held out), a replay sample of earlier history, and the historical slice."""
+    data = _assemble(settings, champion, until, through_batch_id)
+    logger = run_logger(__name__)
+    logger.info("training data: %d new rows, %d replayed, %d held out for evaluation", len(data.new), len(data.replay), len(data.holdout))
     for note in data.notes:
-        get_run_logger().warning(note)
+        logger.warning(note)
     return data
 
 
 # One retry: training checkpoints every epoch, so a retry resumes where the failed attempt was.
 @task(name="train-challenger", retries=1, cache_policy=NO_CACHE)
-def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings: Settings) -> Challenger:
-    logger = get_run_logger()
+def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings: Settings, on_epoch_end=None) -> Challenger:
+    """Train the challenger on ``data``, from where the settings say (the champion, scratch or a
+    checkpoint), renewing the run's claim on its batches after every epoch; ``on_epoch_end``
+    gets each epoch's record too."""
+    logger = run_logger(__name__)
     engine = ledger.connect(settings.ledger_url)
 
     def log_epoch(record: dict) -> None:
         logger.info("epoch %d: %s", record["epoch"], ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
         ledger.renew_lease(engine, data.batch_ids, settings.batch_lease_seconds)  # still working on them
+        if on_epoch_end is not None:
+            on_epoch_end(record)
 
-    challenger = fit(data, champion, settings, on_epoch_end=log_epoch)
+    challenger = _fit(data, champion, settings, on_epoch_end=log_epoch)
     ledger.renew_lease(engine, data.batch_ids, settings.batch_lease_seconds)
     launch = f" by {settings.train_processes} processes under torchrun" if settings.train_processes > 1 else ""
     logger.info(
@@ -596,8 +603,9 @@ def train_challenger(data: TrainingData, champion: ChampionInfo | None, settings
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate_models(challenger: Challenger, champion: ChampionInfo | None, data: TrainingData, settings: Settings) -> Evaluation:
-    evaluation = compare(challenger, champion, data, settings)
-    logger = get_run_logger()
+    """Score challenger and champion on the same slices (newest, new items, historical)."""
+    evaluation = _compare(challenger, champion, data, settings)
+    logger = run_logger(__name__)
     for line in describe_evaluation(evaluation):
         logger.info(line)
     return evaluation
@@ -625,10 +633,12 @@ def describe_evaluation(evaluation: Evaluation) -> list[str]:
     return lines
 
 
-@task(name="remember-evaluated-holdout", cache_policy=NO_CACHE)
-def remember_evaluated_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
-    served = remember_holdout(challenger, data)
-    get_run_logger().info("the %d held-out rows join the challenger's user histories", len(data.holdout))
+@task(name="remember-holdout", cache_policy=NO_CACHE)
+def remember_holdout(challenger: Challenger, data: TrainingData) -> Challenger:
+    """The challenger with the held-out rows, once it has been judged on them, added to its user
+    histories and memory (not its weights): the model that is served."""
+    served = _remember_holdout(challenger, data)
+    run_logger(__name__).info("the %d held-out rows join the challenger's user histories", len(data.holdout))
     return served
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from data_checks.sources import write_landing_csv
 from data_checks.sources.synthetic import ADJECTIVES, CATEGORIES, EPOCH, NOUNS, WEEKDAY_WEIGHTS
+from models.files import temporary_beside
 
 MAPPING_PATH = Path(__file__).with_name("funnel_shop.yaml")
 EXPORT_COLUMNS = ("visitor", "sku", "ts", "action", "session")
@@ -248,7 +249,7 @@ def _inject_bad_rows(frame: pd.DataFrame, share: float, rng: np.random.Generator
 
 
 def _write_atomic(data: bytes, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_beside(path)
     tmp.write_bytes(data)
     tmp.replace(path)
     return path

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from models.settings import Settings
-from tasks.gates import PromotionEvidence, UpdateSignals, champion_age_days, decide_update, promotion_verdict
+from tasks.gates import PromotionEvidence, UpdateSignals, champion_age_days, decide_update, judge_challenger
 
 SETTINGS = Settings(
     drift_share_threshold=0.1, decay_threshold=0.2, volume_threshold_rows=10_000, max_champion_age_days=60,
@@ -34,14 +34,20 @@ def signals(drift=0.0, decay=0.0, rows=5_000, age=7.0) -> UpdateSignals:
     ],
 )
 def test_decide_update(measured, update, reason_fragment):
-    decision = decide_update(measured, SETTINGS)
+    decision = decide_update.fn(measured, SETTINGS)
     assert decision.update is update
     assert any(reason_fragment in reason for reason in decision.reasons), decision.reasons
     assert [s.name for s in decision.signals] == ["drift_share", "decay", "new_rows", "champion_age_days"]
 
 
+def test_decay_is_named_for_the_primary_metric():
+    """Decay is measured on the metric the gate decides on, and says which."""
+    decision = decide_update.fn(signals(decay=0.3), SETTINGS.model_copy(update={"primary_metric": "ndcg"}))
+    assert decision.reasons == ["NDCG decay 30% >= 20%"]
+
+
 def test_every_signal_is_reported_with_value_threshold_and_verdict():
-    decision = decide_update(signals(drift=0.5, decay=0.1, rows=20_000, age=3), SETTINGS)
+    decision = decide_update.fn(signals(drift=0.5, decay=0.1, rows=20_000, age=3), SETTINGS)
     assert [(s.value, s.threshold, s.fired) for s in decision.signals] == [
         (0.5, 0.1, True), (0.1, 0.2, False), (20_000, 10_000, True), (3, 60, False),
     ]
@@ -105,7 +111,7 @@ GATE = SETTINGS.model_copy(update={"max_forgetting": 0.02, "min_relative_improve
     ],
 )
 def test_promotion_gate(case, changes, promote, failed, fragment):
-    verdict = promotion_verdict(case, GATE.model_copy(update=changes))
+    verdict = judge_challenger.fn(case, GATE.model_copy(update=changes))
     assert verdict.promote is promote, verdict.reasons
     assert any(fragment in reason for reason in verdict.reasons), verdict.reasons
     failed_checks = [c.name for c in verdict.checks if not c.passed]
@@ -114,6 +120,6 @@ def test_promotion_gate(case, changes, promote, failed, fragment):
 
 
 def test_a_promotion_reports_every_check_it_passed():
-    verdict = promotion_verdict(evidence(0.30, 0.28, hist=(0.40, 0.40), gain_ci=(0.01, 0.03)), GATE.model_copy(update={"require_significant_gain": True}))
+    verdict = judge_challenger.fn(evidence(0.30, 0.28, hist=(0.40, 0.40), gain_ci=(0.01, 0.03)), GATE.model_copy(update={"require_significant_gain": True}))
     assert verdict.promote
     assert [c.name for c in verdict.checks] == ["value", "change", "forgetting", "significance"]

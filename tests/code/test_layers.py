@@ -199,3 +199,15 @@ def test_prefect_names_are_the_python_names():
                 named.append((f"{module}.{attribute}", value.name, attribute.replace("_", "-")))
     assert len(named) > 30, named
     assert [(where, name) for where, name, expected in named if name != expected] == []
+
+
+@pytest.mark.parametrize("module", ["models.pyfunc", "flows.serve"])
+def test_serving_imports_no_training_loop(module):
+    """The served model (models.recommender) stands apart from training: what serves it never
+    loads the training loop, its optimizer or its progress bars."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in ('models.train', 'models.distributed', 'tasks.training') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"

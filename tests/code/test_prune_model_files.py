@@ -146,7 +146,7 @@ def test_a_folder_is_renamed_away_before_it_is_removed_and_a_dead_pruning_is_fin
 
     monkeypatch.setattr(training.shutil, "rmtree", dying)
     prune(settings, set(), in_use_since=time.time() - 50)
-    assert not entry.exists()  # never a half-removed entry that fetch_champion would trust
+    assert not entry.exists()  # never a half-removed entry that load_champion would trust
     (left,) = [p for p in (settings.home / "cache").iterdir() if p.name.startswith(f".{entry.name}{training.DELETING}")]
     monkeypatch.undo()
     assert [f.kind for f in model_files(settings) if f.path == left] == [UNFINISHED]

@@ -13,7 +13,7 @@ import pytest
 
 from data_checks.contract import with_contract_columns
 from tasks import history, ledger
-from tasks.training import _assemble_from_all_history, assemble, read_accepted, replay_sample
+from tasks.training import _assemble_from_all_history, assemble_training_data, read_accepted, replay_sample
 from tests.data.test_training_data import first_champion, land
 
 
@@ -75,7 +75,7 @@ def test_an_update_reads_the_new_batches_and_the_sample_not_the_history(settings
     assert older
     for batch in older:
         Path(batch.accepted_path).unlink()
-    update = assemble(settings, champion)
+    update = assemble_training_data.fn(settings, champion)
     assert len(update.replay) == min(len(first.new), int(len(update.new) * settings.replay_ratio))
     assert (update.replay["event_time"] <= watermark).all() and len(update.historical)
     assert update.replay.merge(update.historical, on=["user_id", "item_id", "event_time", "order_id"]).empty
@@ -86,7 +86,7 @@ def test_an_update_sees_what_the_full_history_gave(settings):
     engine = ledger.connect(settings.ledger_url)
     pending = ledger.unconsumed_batches(engine)
     full = _assemble_from_all_history(settings, champion, engine, pending, [read_accepted(b.accepted_path, settings) for b in pending])
-    sampled = assemble(settings, champion)
+    sampled = assemble_training_data.fn(settings, champion)
     pd.testing.assert_frame_equal(sampled.new, full.new)
     pd.testing.assert_frame_equal(sampled.holdout, full.holdout)
     assert set(sampled.eval_users) == set(full.eval_users)
@@ -123,7 +123,7 @@ def test_a_damaged_state_or_other_settings_rebuild_it(settings):
 def test_a_run_that_stopped_before_folding_is_caught_up_by_the_next_update(settings):
     first, watermark, champion = first_champion(settings)  # consumed, never folded
     land(settings, range(2, 3))
-    update = assemble(settings, champion)
+    update = assemble_training_data.fn(settings, champion)
     assert len(update.replay) == min(len(first.new), int(len(update.new) * settings.replay_ratio))
     assert history.fold(settings).batch_ids == {b.id for b in ledger.consumed_batches(ledger.connect(settings.ledger_url))}
 
@@ -131,7 +131,7 @@ def test_a_run_that_stopped_before_folding_is_caught_up_by_the_next_update(setti
 def test_a_reservoir_smaller_than_asked_is_said(settings):
     settings = settings.model_copy(update={"replay_reservoir_rows": 300})
     _, _, champion = update_after_first_champion(settings)
-    update = assemble(settings, champion)
+    update = assemble_training_data.fn(settings, champion)
     assert len(update.replay) <= 300 and len(update.historical) <= 300
     assert any("raise replay_reservoir_rows" in note for note in update.notes)
 
@@ -141,6 +141,6 @@ def test_a_reservoir_smaller_than_asked_is_said(settings):
 def test_an_update_whose_replay_takes_all_history_scores_forgetting_on_that_history(settings):
     settings = settings.model_copy(update={"replay_ratio": 100.0, "forgetting_slice_rows": 300})
     first, watermark, champion = update_after_first_champion(settings)
-    update = assemble(settings, champion)
+    update = assemble_training_data.fn(settings, champion)
     assert len(update.replay) == len(first.new)  # all of it
     assert len(update.historical) == 300 and (update.historical["event_time"] <= watermark).all()

@@ -184,7 +184,7 @@ def test_the_decision_artifacts_of_a_hostile_batch_forge_nothing(settings, monke
     report = settings.reports_dir / f"{output_stem(batch.batch_id, batch.file_name)}.drift.html"
     drift = detect_drift(pd.read_parquet(batch.accepted_path), reference, counts, report)
     assert len(Page(report.read_text(encoding="utf-8")).scripts) == 4  # Evidently's own, no more
-    decision = decide_update(UpdateSignals(drift.drift_share, 0.0, batch.rows_accepted, 1.0), settings)
+    decision = decide_update.fn(UpdateSignals(drift.drift_share, 0.0, batch.rows_accepted, 1.0), settings)
     calls = capture(monkeypatch, tasks.monitor, "create_table_artifact", "create_link_artifact")
     tasks.monitor.log_decision.fn(settings, batch, drift, Decay(0.1, 0.2, 10), decision)
     table, link = calls

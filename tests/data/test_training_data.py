@@ -11,7 +11,7 @@ from data_checks.sources.synthetic import EPOCH, write_weeks
 from tasks import ledger
 from tasks.ingest import find_new_files, validate_file
 from tasks.tracking import ChampionInfo
-from tasks.training import assemble, replay_sample
+from tasks.training import assemble_training_data, replay_sample
 from tests.conftest import TINY_SHOP
 
 
@@ -24,7 +24,7 @@ def land(settings, weeks: range) -> None:
 def test_bootstrap_cut_off_keeps_later_batches_waiting(settings):
     land(settings, range(0, 3))
     until = EPOCH + pd.Timedelta(days=14)  # weeks 0 and 1 end before it, week 2 starts at it
-    data = assemble(settings, None, until)
+    data = assemble_training_data.fn(settings, None, until)
     engine = ledger.connect(settings.ledger_url)
     by_name = {b.id: b.file_name for b in ledger.all_batches(engine)}
     assert [by_name[i] for i in data.batch_ids] == ["interactions-week000.csv", "interactions-week001.csv"]
@@ -36,7 +36,7 @@ def test_bootstrap_cut_off_keeps_later_batches_waiting(settings):
 def first_champion(settings):
     """Weeks 0-1 landed and consumed by a version 1 trained until their newest training row."""
     land(settings, range(0, 2))
-    first = assemble(settings, None)
+    first = assemble_training_data.fn(settings, None)
     ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
     watermark = first.new["event_time"].max()
     return first, watermark, ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
@@ -47,7 +47,7 @@ def test_an_update_trains_on_the_champions_holdout_and_replays_history(settings)
     engine = ledger.connect(settings.ledger_url)
 
     land(settings, range(2, 3))
-    update = assemble(settings, champion)
+    update = assemble_training_data.fn(settings, champion)
     seen = pd.concat([update.new, update.holdout])
     # The rows the champion held out are new to it, so this update trains on or evaluates them.
     assert len(seen) == len(first.holdout) + ledger.unconsumed_batches(engine)[0].rows_accepted
@@ -70,11 +70,11 @@ def test_replay_with_a_half_life_draws_recent_history_more_often():
 
 def test_a_full_retrain_replays_all_history(settings):
     land(settings, range(0, 2))
-    first = assemble(settings, None)
+    first = assemble_training_data.fn(settings, None)
     ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
     champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), first.new["event_time"].max(), 0.3)
     land(settings, range(2, 3))
-    update = assemble(settings.model_copy(update={"init_from": "scratch"}), champion)
+    update = assemble_training_data.fn(settings.model_copy(update={"init_from": "scratch"}), champion)
     assert len(update.replay) == len(first.new)  # every row up to the champion's watermark
 
 
@@ -86,7 +86,7 @@ def test_the_forgetting_and_cold_start_slices(settings):
         validate_file(f, settings)
 
     # Hold out most of the drifted week, so some new items are first bought inside the holdout.
-    update = assemble(settings.model_copy(update={"holdout_fraction": 0.8}), champion)
+    update = assemble_training_data.fn(settings.model_copy(update={"holdout_fraction": 0.8}), champion)
     key = ["user_id", "item_id", "event_time"]
     history = first.new  # what the champion trained on: the part of the history before its watermark
     # Historical: earlier rows, none of them replayed, at most forgetting_slice_rows.
@@ -113,9 +113,9 @@ def land_funnel(settings, weeks: range) -> None:
 
 def test_a_type_of_weight_zero_never_reaches_training_but_stays_accepted(settings):
     land_funnel(settings, range(0, 2))
-    every = assemble(settings, None)
+    every = assemble_training_data.fn(settings, None)
     assert set(pd.concat([every.new, every.holdout])["event_type"]) == {"view", "add_to_cart", "purchase"}
-    purchases_only = assemble(settings.model_copy(update={"view_weight": 0.0, "add_to_cart_weight": 0.0}), None)
+    purchases_only = assemble_training_data.fn(settings.model_copy(update={"view_weight": 0.0, "add_to_cart_weight": 0.0}), None)
     assert set(pd.concat([purchases_only.new, purchases_only.holdout])["event_type"]) == {"purchase"}
     accepted = sum(b.rows_accepted for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.kind == "interactions")
     assert every.rows == accepted > purchases_only.rows  # the ledger still holds every accepted row
@@ -126,5 +126,5 @@ def test_an_accepted_file_written_before_columns_were_optional_reads_as_purchase
     for batch in ledger.all_batches(ledger.connect(settings.ledger_url)):
         if batch.kind == "interactions":  # as earlier versions wrote them: no event type, order sizes as int64
             pd.read_parquet(batch.accepted_path).drop(columns=["event_type"]).to_parquet(batch.accepted_path, index=False)
-    data = assemble(settings, None)
+    data = assemble_training_data.fn(settings, None)
     assert (pd.concat([data.new, data.holdout])["event_type"] == "purchase").all()

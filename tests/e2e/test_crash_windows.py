@@ -32,7 +32,7 @@ from flows.continuous_training import continuous_training
 from flows.rollback import rollback
 from models.settings import Settings
 from models import train as train_module
-from models.train import Recommender
+from models.recommender import Recommender
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS
@@ -189,7 +189,7 @@ def test_an_update_killed_during_training_is_resumed_from_its_last_epoch(setting
     week3 = next(b for b in ledger.all_batches(engine) if b.file_name == "interactions-week003.csv")
     assert week3.decision == "update" and week3.update_attempts == 1 and week3.consumed_by_version is None
     (progress,) = settings.checkpoints_dir.glob("training-*.pt")
-    assert Recommender.load(progress).epochs_done == 1  # the killed run finished one epoch
+    assert Recommender.load(progress).training.epochs_done == 1  # the killed run finished one epoch
 
     resumed_at = []
     resume = train_module._resume

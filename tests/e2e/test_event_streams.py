@@ -21,9 +21,9 @@ from data_checks.sources.mapping import load_mapping, write_landing
 from flows.bootstrap import bootstrap
 from flows.continuous_training import continuous_training
 from models.pyfunc import recommend
-from models.train import Recommender
+from models.recommender import Recommender
 from tasks import ledger
-from tasks.tracking import fetch_champion
+from tasks.tracking import load_champion
 from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_a_view_cart_purchase_stream_lands_through_its_mapping_and_keeps_the_cha
     assert sum(b.rows_in for b in batches) == exported
 
     # The champion recommends to a visitor who has only browsed.
-    champion = Recommender.load(fetch_champion(settings).checkpoint_path)
+    champion = Recommender.load(load_champion.fn(settings).checkpoint_path)
     browsers = accepted.groupby("user_id")["event_type"].agg(set)
     visitor = browsers[browsers.map(lambda types: types == {"view"})].index[0]
     answer = recommend(champion, pd.DataFrame({"user_id": [visitor], "k": [5]}))

@@ -23,7 +23,7 @@ from flows.rollback import rollback
 from flows.validate_landing import validate_landing
 from tasks import events
 from tasks.registry import register
-from tasks.tracking import fetch_champion
+from tasks.tracking import load_champion
 from tests.conftest import TINY_SHOP
 from tests.e2e.test_registry import challenger_run
 
@@ -92,7 +92,9 @@ def test_a_promotion_and_a_rollback_send_their_events(settings, prefect_server):
 
     promoted = wait_for_event(events.MODEL_PROMOTED, flow_run_resource(booted))
     assert promoted.resource.id == f"freshrec.model.{name}"
-    assert related(promoted, "flow-run") == [flow_run_resource(booted)]  # Prefect adds the run the task ran in
+    # Prefect adds the run the task ran in (the train-and-gate subflow); freshrec adds the bootstrap's.
+    assert related(promoted, "root-flow-run") == [flow_run_resource(booted)]
+    assert len(related(promoted, "flow-run")) == 1 and related(promoted, "flow-run") != [flow_run_resource(booted)]
     payload = promoted.payload
     assert (payload["registered_model"], payload["alias"], payload["version"], payload["previous_version"]) == (name, "champion", "1", None)
     assert payload["run_id"] == champion_run and payload["batch_file"] == "interactions-week001.csv"
@@ -103,7 +105,7 @@ def test_a_promotion_and_a_rollback_send_their_events(settings, prefect_server):
     # A second version, then back to the first, with a reason.
     write_weeks(settings.landing_dir, range(2, 3), config=TINY_SHOP)
     validate_landing(settings)
-    champion = fetch_champion(settings)
+    champion = load_champion.fn(settings)
     run_id, uri, data, tags = challenger_run(settings, champion, seed=1)
     assert register(settings, run_id, uri, champion, tags, data.batch_ids).version == "2"
     state = rollback("week 2 recommendations look wrong", settings=settings, return_state=True)

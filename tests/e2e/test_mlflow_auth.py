@@ -157,7 +157,7 @@ def test_make_servers_mlflow_auth_runs_the_command_with_auth():
     without = subprocess.run(["make", "-n", "servers"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert with_auth.returncode == 0 and without.returncode == 0, with_auth.stderr + without.stderr
     command = " ".join(with_auth.stdout.replace("\\\n", " ").split())
-    assert "-m flows servers" in command and "--mlflow-auth" in command, command
+    assert "freshrec servers" in command and "--mlflow-auth" in command, command
     assert "--mlflow-auth" not in without.stdout
 
 

@@ -2,19 +2,24 @@
 decide and train runs nested under it, each tagged with its Prefect flow run; the registered
 model and each version described in words.
 
-Risks guarded: a flat experiment of dozens of runs nobody can tell apart; a run in MLflow that
+Risks guarded: freshrec pointing the process's MLflow at its store as a side effect (a later
+``Settings()`` or the caller's own MLflow code would then use it); a flat experiment of dozens of runs nobody can tell apart; a run in MLflow that
 cannot be traced to the Prefect run that made it; a registry whose versions say nothing of
 what they were trained on or why they replaced the champion.
 """
 
 from __future__ import annotations
 
+import os
+
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
 from flows.continuous_training import continuous_training
+from tasks.tracking import CARD_ARTIFACT, load_champion
 from tests.conftest import TINY_SHOP
 from tests.conftest import completed_run as run
 
@@ -28,13 +33,18 @@ def runs_by_stage(client: MlflowClient, experiment_id: str) -> dict[str, list]:
     return stages
 
 
-def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_server):
+def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_server, tmp_path):
+    # The process's own MLflow store, set before freshrec runs, is the one it finds after.
+    own = f"sqlite:///{tmp_path / 'own-mlflow.db'}"
+    mlflow.set_tracking_uri(own)
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     run(bootstrap, settings)
     write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
     outcomes, _ = run(continuous_training, settings)
     # A run with nothing new leaves no empty parent behind.
     run(continuous_training, settings)
+    assert mlflow.get_tracking_uri() == own and os.environ["MLFLOW_TRACKING_URI"] == own
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
     client = MlflowClient(settings.mlflow_tracking_uri)
     experiment_id = client.get_experiment_by_name(settings.experiment_name).experiment_id
@@ -56,6 +66,14 @@ def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_s
     trainings = {r.info.run_name: flow_of[r.data.tags["mlflow.parentRunId"]] for r in stages["training"]}
     assert trainings["bootstrap"] == "bootstrap"
     assert set(trainings.values()) <= {"bootstrap", "continuous-training"} and len(trainings) == 1 + sum(o.update for o in outcomes)
+
+    # Every training run carries its champion card; the champion is read back from it.
+    for training in stages["training"]:
+        assert [a.path for a in client.list_artifacts(training.info.run_id) if a.path == CARD_ARTIFACT] == [CARD_ARTIFACT]
+    champion = load_champion.fn(settings)
+    newest = client.get_run(champion.run_id).data.metrics
+    assert champion.holdout_scores == {m: pytest.approx(newest[f"challenger.newest.{m}"]) for m in ("recall", "ndcg", "hit_rate", "mrr")}
+    assert champion.holdout_recall == pytest.approx(newest["challenger_recall"])
 
     model = client.get_registered_model(settings.registered_model_name)
     assert f"@{settings.champion_alias}" in model.description

@@ -32,7 +32,7 @@ from flows.rollback import rollback
 from models.settings import Settings
 from flows.validate_landing import validate_landing
 from tasks.registry import register
-from tasks.tracking import fetch_champion
+from tasks.tracking import load_champion
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 from tests.e2e.test_registry import challenger_run
 
@@ -298,7 +298,7 @@ class Load:
 
 def test_the_service_follows_a_promotion_and_a_rollback_under_load_without_losing_a_request(service):
     settings = service.settings
-    champion = fetch_champion(settings)
+    champion = load_champion.fn(settings)
     run_id, uri, data, tags = challenger_run(settings, champion, seed=1)  # trained before the load starts
 
     paths = [f"/recommendations/{service.user}?k=5", "/recommendations/never-seen-visitor?k=5"]

@@ -21,10 +21,10 @@ from flows.bootstrap import bootstrap
 from flows.rollback import rollback
 from flows.validate_landing import validate_landing
 from tasks import ledger
-from tasks.gates import promotion_verdict
+from tasks.gates import judge_challenger
 from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
-from tasks.tracking import fetch_champion
-from tasks.training import assemble, compare, fit, remember_holdout
+from tasks.tracking import load_champion
+from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger
 from tests.conftest import TINY_SHOP, race
 
 pytestmark = pytest.mark.slow
@@ -38,17 +38,17 @@ def bootstrapped(settings):
     assert state.is_completed(), state.message
     write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
     validate_landing(settings)
-    return fetch_champion(settings)
+    return load_champion.fn(settings)
 
 
 def challenger_run(settings, champion, seed: int):
     """Train, evaluate and log one challenger against ``champion``, as the flow's tasks do."""
     settings = settings.model_copy(update={"seed": seed})
-    data = assemble(settings, champion)
-    trained = fit(data, champion, settings)
-    evaluation = compare(trained, champion, data, settings)
-    trained = remember_holdout(trained, data)
-    verdict = promotion_verdict(evaluation.evidence(trained.init_from), settings)
+    data = assemble_training_data.fn(settings, champion)
+    trained = train_challenger.fn(data, champion, settings)
+    evaluation = evaluate_models.fn(trained, champion, data, settings)
+    trained = remember_holdout.fn(trained, data)
+    verdict = judge_challenger.fn(evaluation.evidence(trained.init_from), settings)
     run_id, model_uri = log_run(settings, f"challenger seed {seed}", data, trained, evaluation, verdict, champion, None, None)
     tags = version_tags(run_id, data, evaluation, verdict, champion.version if champion else None)
     return run_id, model_uri, data, tags

@@ -9,8 +9,8 @@ from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
 from flows.continuous_training import continuous_training
 from flows.rollback import rollback
-from models.train import Recommender
-from tasks.tracking import champion_cache_dir, fetch_champion
+from models.recommender import Recommender
+from tasks.tracking import champion_cache_dir, load_champion
 from tests.conftest import TINY_SHOP
 from tests.conftest import completed_run as run
 
@@ -39,11 +39,11 @@ def test_after_several_updates_only_the_newest_model_files_remain(settings, pref
     # Version 2 (fetched by the last run, and @previous-champion) stays; version 1 went.
     assert champion_cache_dir(settings, "2").exists() and not champion_cache_dir(settings, "1").exists()
 
-    champion = fetch_champion(settings)
+    champion = load_champion.fn(settings)
     assert champion.version == "3" and Recommender.load(champion.checkpoint_path).users.ids
 
     # Rolling back to a version whose cached files were pruned downloads them again from MLflow.
     state = rollback("version 1 was right after all", to_version="1", settings=settings, return_state=True)
     assert state.is_completed(), state.message
-    champion = fetch_champion(settings)
+    champion = load_champion.fn(settings)
     assert champion.version == "1" and Recommender.load(champion.checkpoint_path).users.ids

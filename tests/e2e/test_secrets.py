@@ -119,7 +119,7 @@ def test_secret_blocks_fill_the_store_urls_and_the_mlflow_password(prefect_serve
     from prefect.blocks.system import Secret
 
     from models.settings import Settings
-    from tasks.tracking import use_tracking_store
+    from tasks.tracking import export_tracking_password
 
     ledger_url = f"sqlite:///{tmp_path / 'from-a-block.db'}"
     Secret(value=ledger_url).save("test-ledger-url", overwrite=True)
@@ -127,10 +127,10 @@ def test_secret_blocks_fill_the_store_urls_and_the_mlflow_password(prefect_serve
     settings = Settings(home=tmp_path, ledger_url_secret_block="test-ledger-url", mlflow_tracking_password_secret_block="test-mlflow-password")
     assert settings.ledger_url == ledger_url
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "")  # empty counts as unset; removed again after the test
-    use_tracking_store(settings)
+    export_tracking_password(settings)
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-environment")  # the environment wins
-    use_tracking_store(settings)
+    export_tracking_password(settings)
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-environment"
     with pytest.raises(ValueError, match="no Prefect Secret block named 'missing-block'"):
         Settings(home=tmp_path, ledger_url_secret_block="missing-block")

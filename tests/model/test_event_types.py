@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from models.settings import Settings
 from models.evaluate import evaluate
-from models.train import Recommender, TrainConfig, event_weights, prepare, train
+from models.recommender import Recommender, TrainConfig
+from models.train import event_weights, prepare, train
 from models.two_tower import sampled_softmax_loss
 
 CONFIG = TrainConfig(epochs=2, batch_size=64, dim=8)

@@ -16,7 +16,8 @@ import torch
 from data_checks.sources.synthetic import SyntheticShop
 from models.evaluate import Ranker, top_k
 from models.pyfunc import ServingLimits, rank, warm_ranker
-from models.train import Recommender, TrainConfig, prepare, train
+from models.recommender import Recommender, TrainConfig
+from models.train import prepare, train
 from models.vocab import Vocabulary
 from tests.conftest import TINY_SHOP
 

@@ -11,7 +11,8 @@ from data_checks.sources.synthetic import BatchOptions, SyntheticShop
 from models.evaluate import evaluate, top_k
 from models.pyfunc import recommend
 from models.settings import Settings
-from models.train import Recommender, TrainConfig, prepare, train
+from models.recommender import Recommender, TrainConfig
+from models.train import prepare, train
 from tests.conftest import TINY_SHOP
 
 CONFIG = TrainConfig(epochs=6, batch_size=256, dim=16)
@@ -33,7 +34,7 @@ def champion(shop, history) -> Recommender:
 
 
 def test_loss_falls_and_ranking_beats_an_untrained_model(shop, history, champion):
-    losses = [h["loss"] for h in champion.history]
+    losses = [h["loss"] for h in champion.training.history]
     assert losses[-1] < losses[0] * 0.9
     holdout = shop.week(3)
     users = pd.Index(history["user_id"].unique())
@@ -82,7 +83,7 @@ def test_checkpoint_round_trip_scores_the_same(tmp_path, champion):
     items_b, scores_b = top_k(loaded, users, 10)
     assert (items_a == items_b).all()
     assert scores_a == pytest.approx(scores_b)
-    assert loaded.steps == champion.steps and loaded.optimizer_state is not None
+    assert loaded.training.steps == champion.training.steps and loaded.training.optimizer_state is not None
 
 
 def test_recommend_serves_known_and_unknown_users(champion):

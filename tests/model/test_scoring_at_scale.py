@@ -13,7 +13,8 @@ import torch
 from data_checks.sources.synthetic import SyntheticShop
 from models import two_tower
 from models.evaluate import evaluate, top_k, user_sample
-from models.train import Recommender, TrainConfig, prepare, train
+from models.recommender import Recommender, TrainConfig
+from models.train import prepare, train
 from tests.conftest import TINY_SHOP
 
 

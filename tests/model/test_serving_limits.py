@@ -26,7 +26,8 @@ from data_checks.sources.synthetic import SyntheticShop
 from models.settings import Settings
 from models.evaluate import top_k
 from models.pyfunc import DEFAULT_K, SIGNATURE, RefusedRequest, ServingLimits, recommend
-from models.train import Recommender, TrainConfig, prepare, train
+from models.recommender import Recommender, TrainConfig
+from models.train import prepare, train
 from tasks.registry import serving_limits
 from tests.conftest import TINY_SHOP
 

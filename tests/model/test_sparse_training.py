@@ -12,7 +12,8 @@ import torch
 from data_checks.sources.synthetic import SyntheticShop
 from models import train as train_module
 from models.evaluate import evaluate
-from models.train import Recommender, TrainConfig, prepare, train, uses_sparse_tables
+from models.recommender import Recommender, TrainConfig
+from models.train import prepare, train, uses_sparse_tables
 from models.two_tower import ModelArgs, TwoTower
 from tests.conftest import TINY_SHOP
 
@@ -92,7 +93,7 @@ def test_the_sparse_path_trains_loss_falls_and_ranking_beats_an_untrained_model(
     untrained = prepare(rows, shop.catalog(False), config, None)
     trained = train(prepare(rows, shop.catalog(False), config, None), rows, progress=False)
     assert forward_paths and all(forward_paths)
-    losses = [h["loss"] for h in trained.history]
+    losses = [h["loss"] for h in trained.training.history]
     assert losses[-1] < losses[0] - 0.5
     users, week = pd.Index(rows["user_id"].unique()), shop.week(2)
     with untrained.model.without_memory(), trained.model.without_memory():  # the towers alone
@@ -109,8 +110,8 @@ def test_sparse_training_matches_dense_training_when_every_step_touches_every_ro
         monkeypatch.setattr(train_module, "SPARSE_TABLE_ROWS", threshold)
         trained[name] = train(prepare(rows, shop.catalog(False), config, None), rows, progress=False)
     dense, sparse = trained["dense"], trained["sparse"]
-    assert sparse.steps == dense.steps == 5
-    assert [h["loss"] for h in sparse.history] == pytest.approx([h["loss"] for h in dense.history], rel=1e-5)
+    assert sparse.training.steps == dense.training.steps == 5
+    assert [h["loss"] for h in sparse.training.history] == pytest.approx([h["loss"] for h in dense.training.history], rel=1e-5)
     for name, tensor in dense.model.state_dict().items():
         torch.testing.assert_close(sparse.model.state_dict()[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -131,8 +132,8 @@ def _interrupted_and_resumed(shop, tmp_path, monkeypatch, first: int, then: int)
 
 def test_a_sparse_training_resumes_from_its_checkpoint_as_if_uninterrupted(shop, tmp_path, monkeypatch):
     resumed, uninterrupted = _interrupted_and_resumed(shop, tmp_path, monkeypatch, SPARSE, SPARSE)
-    assert resumed.steps == uninterrupted.steps and resumed.epochs_done == 4
-    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in uninterrupted.history], rel=1e-6)
+    assert resumed.training.steps == uninterrupted.training.steps and resumed.training.epochs_done == 4
+    assert [h["loss"] for h in resumed.training.history] == pytest.approx([h["loss"] for h in uninterrupted.training.history], rel=1e-6)
     for name, tensor in uninterrupted.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -141,9 +142,9 @@ def test_a_sparse_training_resumes_from_its_checkpoint_as_if_uninterrupted(shop,
 def test_a_checkpoint_of_either_path_resumes_on_the_other(shop, tmp_path, monkeypatch, first, then):
     """Old checkpoints hold dense Adam's state; the lazy Adam keeps its layout."""
     resumed, _ = _interrupted_and_resumed(shop, tmp_path, monkeypatch, first, then)
-    assert resumed.epochs_done == 4
-    state = resumed.optimizer_state["state"]
-    assert all(int(state[index]["step"]) == resumed.steps for index in state)  # the moments went on, not restarted
-    assert resumed.optimizer_state["state"][0]["exp_avg"].shape == resumed.model.user_embedding.weight.shape
-    losses = [h["loss"] for h in resumed.history]
+    assert resumed.training.epochs_done == 4
+    state = resumed.training.optimizer_state["state"]
+    assert all(int(state[index]["step"]) == resumed.training.steps for index in state)  # the moments went on, not restarted
+    assert resumed.training.optimizer_state["state"][0]["exp_avg"].shape == resumed.model.user_embedding.weight.shape
+    losses = [h["loss"] for h in resumed.training.history]
     assert losses == sorted(losses, reverse=True)

@@ -21,8 +21,9 @@ from data_checks.sources.synthetic import SyntheticShop
 from models.settings import Settings
 from models import text
 from models.evaluate import evaluate
-from models.train import Recommender, TrainConfig, lr_factor, prepare, train
-from tasks.training import TrainingData, fit
+from models.recommender import Recommender, TrainConfig
+from models.train import lr_factor, prepare, train
+from tasks.training import TrainingData, train_challenger
 from tests.conftest import TINY_SHOP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +61,8 @@ def test_two_process_data_parallel_training_matches_one_process(tmp_path, shop):
         check=True, cwd=ROOT, env=env, timeout=300,
     )
     parallel = Recommender.load(tmp_path / "ddp.pt")
-    assert parallel.steps == single.steps and len(parallel.history) == 3
-    assert [h["loss"] for h in parallel.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-3)
+    assert parallel.training.steps == single.training.steps and len(parallel.training.history) == 3
+    assert [h["loss"] for h in parallel.training.history] == pytest.approx([h["loss"] for h in single.training.history], rel=1e-3)
     _assert_same_weights(single, parallel, atol=1e-3)
     users = pd.Index(rows["user_id"].unique())
     week = shop.week(2)
@@ -84,7 +85,7 @@ KILLED_TRAINING = textwrap.dedent(
     from pathlib import Path
     from data_checks.sources.synthetic import SyntheticShop
     from models.settings import Settings
-    from tasks.training import fit
+    from tasks.training import train_challenger
     from tests.conftest import TINY_SHOP
     from tests.model.test_training import _training_data
 
@@ -96,7 +97,7 @@ KILLED_TRAINING = textwrap.dedent(
             print("epoch 2 checkpointed", flush=True)
             time.sleep(600)  # the parent kills us here
 
-    fit(_training_data(SyntheticShop(1, TINY_SHOP)), None, settings, on_epoch_end=hang_after_epoch_2)
+    train_challenger.fn(_training_data(SyntheticShop(1, TINY_SHOP)), None, settings, on_epoch_end=hang_after_epoch_2)
     """
 )
 
@@ -117,19 +118,19 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, shop, capl
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     [in_progress] = settings.checkpoints_dir.glob("training-*.pt")
-    assert Recommender.load(in_progress).epochs_done == 2
+    assert Recommender.load(in_progress).training.epochs_done == 2
     assert not list(settings.checkpoints_dir.glob("challenger-*.pt"))  # nothing half-done was published
 
     with caplog.at_level("INFO", logger="models.train"):
-        resumed = fit(_training_data(shop), None, settings)  # the retry
+        resumed = train_challenger.fn(_training_data(shop), None, settings)  # the retry
     assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
     assert resumed.epochs == 6
     assert not in_progress.exists()
 
     uninterrupted_settings = Settings(**{**settings.model_dump(include=TRAINING_FIELDS), "home": tmp_path / "other"})
-    uninterrupted = fit(_training_data(shop), None, uninterrupted_settings)
+    uninterrupted = train_challenger.fn(_training_data(shop), None, uninterrupted_settings)
     a, b = Recommender.load(resumed.checkpoint_path), Recommender.load(uninterrupted.checkpoint_path)
-    assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-5)
+    assert [h["loss"] for h in a.training.history] == pytest.approx([h["loss"] for h in b.training.history], rel=1e-5)
     # CPU kernels may sum in another order from run to run: equal up to float noise.
     _assert_same_weights(a, b, atol=1e-4)
 
@@ -142,12 +143,12 @@ def test_the_training_task_under_torchrun_trains_the_model_one_process_does(tmp_
     fields = dict(scratch_epochs=3, batch_size=256, embedding_dim=16, use_title_text=False, device="cpu")
     data = _training_data(shop)
     data.new = data.new.iloc[: len(data.new) - len(data.new) % 256 + 128]  # the last batch splits evenly in two
-    one = fit(data, None, Settings(home=tmp_path / "one", **fields))
+    one = train_challenger.fn(data, None, Settings(home=tmp_path / "one", **fields))
     epochs = []
-    two = fit(data, None, Settings(home=tmp_path / "two", train_processes=2, **fields), on_epoch_end=epochs.append)
+    two = train_challenger.fn(data, None, Settings(home=tmp_path / "two", train_processes=2, **fields), on_epoch_end=epochs.append)
     a, b = Recommender.load(one.checkpoint_path), Recommender.load(two.checkpoint_path)
     assert [h["epoch"] for h in epochs] == [1, 2, 3]  # the launch's epochs reach the task's log
-    assert [h["loss"] for h in b.history] == pytest.approx([h["loss"] for h in a.history], rel=1e-3)
+    assert [h["loss"] for h in b.training.history] == pytest.approx([h["loss"] for h in a.training.history], rel=1e-3)
     assert (two.epochs, two.best_epoch) == (one.epochs, one.best_epoch)
     assert b.model.memory_weight.item() == pytest.approx(a.model.memory_weight.item())
     _assert_same_weights(a, b, atol=1e-3)
@@ -171,8 +172,8 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(shop):
     prepared = prepare(rows, shop.catalog(False), config, None)
     trained_model = prepared.model
     trained = train(prepared, rows, validate=validate, on_epoch_end=remember, progress=False)
-    assert [h["validation"] for h in trained.history] == [0.3, 0.5, 0.4, 0.2]  # two epochs worse than epoch 2: stop
-    assert trained.best_epoch == 2 and trained.best_score == 0.5
+    assert [h["validation"] for h in trained.training.history] == [0.3, 0.5, 0.4, 0.2]  # two epochs worse than epoch 2: stop
+    assert trained.training.best_epoch == 2 and trained.training.best_score == 0.5
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(tensor, kept["weights"][name]), name
 
@@ -181,7 +182,7 @@ def test_the_step_budget_and_the_schedule(shop):
     rows = shop.week(0)
     config = TrainConfig(epochs=50, max_steps=12, batch_size=128, dim=8, warmup_steps=4, min_lr_ratio=0.1, learning_rate=0.01, device="cpu")
     trained = train(prepare(rows, shop.catalog(False), config, None), rows, progress=False)
-    assert trained.steps == 12
+    assert trained.training.steps == 12
     factors = [lr_factor(step, 12, config) for step in range(13)]
     assert factors[0] == pytest.approx(0.25)  # warm-up starts at a quarter of the rate...
     assert factors[:4] == sorted(factors[:4]) and max(factors) == factors[3]  # ...rises for 4 steps...
@@ -215,13 +216,13 @@ def test_title_vectors_are_encoded_once_per_title(tmp_path, monkeypatch):
 def test_the_forgetting_slice_scores_the_towers_alone_and_the_newest_slice_the_whole_model(shop, tmp_path):
     """The basket memory weighs older baskets less by design; the forgetting check is about what
     the fine-tune forgot, so the historical slice is scored without it."""
-    from tasks.training import compare
+    from tasks.training import evaluate_models
 
     data = _training_data(shop)
     data.historical = shop.week(0)
     settings = Settings(home=tmp_path, scratch_epochs=2, batch_size=256, embedding_dim=16, use_title_text=False, device="cpu")
-    challenger = fit(data, None, settings)
-    evaluation = compare(challenger, None, data, settings)
+    challenger = train_challenger.fn(data, None, settings)
+    evaluation = evaluate_models.fn(challenger, None, data, settings)
     model = Recommender.load(challenger.checkpoint_path)
     assert float(model.model.memory_weight) > 0  # the shop re-buys: the memory is on
     size = len(model.items) - 1
