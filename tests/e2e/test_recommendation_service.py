@@ -32,7 +32,7 @@ from flows.rollback import rollback
 from models.settings import Settings
 from flows.validate_landing import validate_landing
 from tasks.registry import register
-from tasks.tracking import load_champion
+from tasks.tracking import load_champion, tracking_store
 from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 from tests.e2e.test_registry import challenger_run
 
@@ -158,7 +158,8 @@ def test_answers_name_their_version_and_match_the_registered_model(service):
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
 
     # The same lists as the registered pyfunc's predict (what `mlflow models serve` answers).
-    model = mlflow.pyfunc.load_model(f"models:/ecommerce-recommender/1")
+    with tracking_store(service.settings):  # freshrec leaves no store behind as MLflow's default
+        model = mlflow.pyfunc.load_model("models:/ecommerce-recommender/1")
     predicted = model.predict(pd.DataFrame({"user_id": [service.user, "never-seen-visitor"], "k": [5, 5]}))
     for user_id, body in ((service.user, answer.body), ("never-seen-visitor", service.get("/recommendations/never-seen-visitor?k=5").body)):
         expected = predicted[predicted["user_id"] == user_id]
