@@ -21,7 +21,7 @@ from models.recommender import Recommender
 from tasks import ledger
 from tasks.gates import METRIC_LABELS, UpdateDecision, UpdateSignals, champion_age_days
 from tasks.ingest import BatchValidation, artifact_key, load_catalog
-from tasks.tracking import ChampionInfo, mlflow_client, nested_run_tags, tracking_store
+from tasks.tracking import ChampionInfo, mlflow_client, nested_run_tags, registry_client, tracking_store
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def log_decision(settings: Settings, validation: BatchValidation, drift: DriftRe
         description=md_text(f"{validation.file_name}: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}"),
     )
     if drift.report_path:
-        report_uri = mlflow_client(settings)[0].get_run(run_id).info.artifact_uri + "/reports/" + url_segment(Path(drift.report_path).name)
+        report_uri = registry_client(settings).get_run(run_id).info.artifact_uri + "/reports/" + url_segment(Path(drift.report_path).name)
         create_link_artifact(key=key.replace("decision-", "drift-report-", 1), link=report_uri,
                              link_text=md_text(f"Evidently drift report for {validation.file_name}"))
     return run_id

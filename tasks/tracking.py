@@ -162,7 +162,7 @@ def parent_run(settings: Settings, flow_name: str) -> Iterator[ParentRun]:
         _PARENT.reset(token)
         if parent.run_id is not None:
             try:
-                MlflowClient(settings.mlflow_tracking_uri).set_terminated(parent.run_id, status)
+                registry_client(settings).set_terminated(parent.run_id, status)
             except MlflowException:  # the run's outcome stands; the parent stays RUNNING in the UI
                 pass
 
