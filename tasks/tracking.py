@@ -71,12 +71,11 @@ class ChampionInfo:
     checkpoint_path: Path
     reference_path: Path
     trained_until: pd.Timestamp  # newest event the champion was trained on (its watermark)
-    holdout_recall: float
-    holdout_scores: dict[str, float] = field(default_factory=dict)  # every metric on its holdout (its card)
+    holdout_scores: dict[str, float]  # every metric on its own held-out slice (its card)
 
     def holdout_score(self, metric: str) -> float:
         """The champion's ``metric`` on its own held-out slice, what decay compares a batch with."""
-        return self.holdout_recall if metric == "recall" else self.holdout_scores[metric]
+        return self.holdout_scores[metric]
 
 
 def export_tracking_password(settings: Settings) -> None:
@@ -182,7 +181,7 @@ def nested_run_tags(stage: str) -> dict[str, str]:
             tags={"freshrec.stage": "flow", **parent.tags},
         )
         parent.run_id = run.info.run_id
-    return {**tags, MLFLOW_PARENT_RUN_ID: parent.run_id, "freshrec.parent_run_id": parent.run_id}
+    return {**tags, MLFLOW_PARENT_RUN_ID: parent.run_id}
 
 
 def registry_client(settings: Settings) -> MlflowClient:
@@ -287,7 +286,6 @@ def _fetch_champion(settings: Settings) -> ChampionInfo | None:
         checkpoint_path=cached_checkpoint_path(settings, str(version.version)),
         reference_path=model_dir / "artifacts" / REFERENCE_ARTIFACT,
         trained_until=pd.Timestamp(card.trained_until),
-        holdout_recall=card.holdout["recall"],
         holdout_scores=dict(card.holdout),
     )
 

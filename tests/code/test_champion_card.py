@@ -35,7 +35,7 @@ def test_a_malformed_card_is_refused_by_name(text):
 
 
 def test_the_holdout_score_of_the_primary_metric():
-    info = ChampionInfo("1", "run", Path("m.pt"), Path("r.parquet"), pd.Timestamp("2011-01-01"), 0.3, {"recall": 0.3, "ndcg": 0.2})
+    info = ChampionInfo("1", "run", Path("m.pt"), Path("r.parquet"), pd.Timestamp("2011-01-01"), {"recall": 0.3, "ndcg": 0.2})
     assert info.holdout_score("recall") == 0.3 and info.holdout_score("ndcg") == 0.2
 
 

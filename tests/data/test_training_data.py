@@ -39,7 +39,7 @@ def first_champion(settings):
     first = assemble_training_data.fn(settings, None)
     ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
     watermark = first.new["event_time"].max()
-    return first, watermark, ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, 0.3)
+    return first, watermark, ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), watermark, {"recall": 0.3})
 
 
 def test_an_update_trains_on_the_champions_holdout_and_replays_history(settings):
@@ -72,7 +72,7 @@ def test_a_full_retrain_replays_all_history(settings):
     land(settings, range(0, 2))
     first = assemble_training_data.fn(settings, None)
     ledger.mark_consumed(ledger.connect(settings.ledger_url), first.batch_ids, "1")
-    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), first.new["event_time"].max(), 0.3)
+    champion = ChampionInfo("1", "run", Path("unused.pt"), Path("unused.parquet"), first.new["event_time"].max(), {"recall": 0.3})
     land(settings, range(2, 3))
     update = assemble_training_data.fn(settings.model_copy(update={"init_from": "scratch"}), champion)
     assert len(update.replay) == len(first.new)  # every row up to the champion's watermark

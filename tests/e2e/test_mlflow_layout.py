@@ -73,7 +73,7 @@ def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_s
     champion = load_champion.fn(settings)
     newest = client.get_run(champion.run_id).data.metrics
     assert champion.holdout_scores == {m: pytest.approx(newest[f"challenger.newest.{m}"]) for m in ("recall", "ndcg", "hit_rate", "mrr")}
-    assert champion.holdout_recall == pytest.approx(newest["challenger_recall"])
+    assert champion.holdout_score("recall") == pytest.approx(newest["challenger_recall"])
 
     model = client.get_registered_model(settings.registered_model_name)
     assert f"@{settings.champion_alias}" in model.description
