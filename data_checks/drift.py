@@ -25,8 +25,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from evidently import DataDefinition, Dataset, Report
-from evidently.presets import DataDriftPreset
 
 from data_checks.contract import DEFAULT_EVENT_TYPE, basket_keys, event_types_of, with_contract_columns
 from data_checks.markup import html_text, script_json
@@ -161,6 +159,11 @@ def detect_drift(
             current = reference_sample(current, sample_rows, seed)
     current_features, reference_features = drift_features(current, counts), drift_features(reference, counts)
     numerical, categorical = monitored_columns(current_features, reference_features)
+    # Imported here: Evidently takes seconds to import, and most processes that import this module
+    # (the bootstrap, rollback, the service, the command line) never measure drift.
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     columns = [*numerical, *categorical]
     snapshot = Report([DataDriftPreset()]).run(

@@ -12,18 +12,15 @@ A rule's ``level`` says what a failure means:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-import great_expectations as gx
 import numpy as np
 import pandas as pd
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
 
 from data_checks.contract import REASON_COLUMN
+
+if TYPE_CHECKING:
+    import great_expectations as gx
 
 Level = Literal["error", "policy"]
 
@@ -45,6 +42,8 @@ def _where(condition: str | None, frame: pd.DataFrame) -> pd.Series:
 
 def not_null(name: str, column: str, level: Level, description: str, row_condition: str | None = None) -> RowRule:
     """Missing values, only among rows where ``row_condition``."""
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
     return RowRule(
         name, level, description,
@@ -63,6 +62,8 @@ def between(
     row_condition: str | None = None,
 ) -> RowRule:
     """Values outside [min, max] (nulls pass, as in GE), only among rows where ``row_condition``."""
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
 
     def broken(df: pd.DataFrame) -> pd.Series:
@@ -85,6 +86,8 @@ def between(
 
 
 def not_in_set(name: str, column: str, level: Level, description: str, values: list, row_condition: str | None = None) -> RowRule:
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
     return RowRule(
         name, level, description,
@@ -94,6 +97,8 @@ def not_in_set(name: str, column: str, level: Level, description: str, values: l
 
 
 def not_matching(name: str, column: str, level: Level, description: str, regex: str) -> RowRule:
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+
     return RowRule(
         name, level, description,
         gx.expectations.ExpectColumnValuesToNotMatchRegex(column=column, regex=regex, meta={"rule": name}),
@@ -147,6 +152,8 @@ class ValidationResult:
 def schema_problems(raw: pd.DataFrame, required: list[str], allowed: list[str], suite_name: str) -> tuple[list[str], dict]:
     """The batch-level expectations (columns and rows), run through Great Expectations and read
     by name. Returns the problems (empty when the batch may be validated) and GE's result."""
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+
     present_optional = [c for c in allowed if c in raw.columns and c not in required]
     expectations = [
         gx.expectations.ExpectTableColumnsToMatchSet(
@@ -255,6 +262,9 @@ def reason_strings(masks: pd.DataFrame, bad: pd.Series) -> np.ndarray:
 
 
 def _validate(frame: pd.DataFrame, expectations: list, suite_name: str):
+    import great_expectations as gx  # seconds to import: only where a suite is built or run
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,

@@ -65,6 +65,7 @@ _HOME_DIRS = {
     "reports_dir": "reports",
     "checkpoints_dir": "checkpoints",
     "mlflow_artifacts_dir": "mlartifacts",
+    "title_cache_dir": "cache/text",
 }
 _HOME_STORES = {"ledger_url": "ledger.db", "mlflow_tracking_uri": "mlflow.db"}
 
@@ -98,6 +99,11 @@ class Settings(BaseSettings):
     checkpoints_dir: Path | None = Field(
         default=None,
         description="Challenger checkpoints, kept so a run can be inspected or resumed.",
+    )
+    title_cache_dir: Path | None = Field(
+        default=None,
+        description="The item titles' MiniLM vectors, each title encoded once. Homes on one machine (a staging and a "
+        "production home, the backtest's) may share one directory: writers lock it and rename whole files into place.",
     )
     keep_model_files: int = Field(
         default=3, ge=1, le=1000,

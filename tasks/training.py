@@ -336,7 +336,7 @@ def _fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, 
     each epoch (a retry resumes there) and early stopping on the held-out slice."""
     init_from, start = starting_point(settings, champion)
     config = train_config(settings, init_from)
-    vectors = catalog_title_vectors(data.catalog, settings.home / "cache" / "text") if settings.use_title_text else None
+    vectors = catalog_title_vectors(data.catalog, settings.title_cache_dir) if settings.use_title_text else None
     started = time.perf_counter()
     if start is None:  # from scratch: everything is new, the replay sample is all history
         rows = pd.concat([data.replay, data.new], ignore_index=True)

@@ -18,6 +18,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# Item titles' MiniLM vectors, shared by every test's home and child process (the settings'
+# title_cache_dir): a title is encoded once per test session, not once per home. The tests of the
+# cache itself (tests/model/test_title_cache.py) use directories of their own.
+SHARED_TITLE_CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "freshrec-title-vectors"
+os.environ["FRESHREC_TITLE_CACHE_DIR"] = str(SHARED_TITLE_CACHE)
+# What a test adds to the environment it builds for a child process that runs a flow.
+CHILD_ENV = {"FRESHREC_TITLE_CACHE_DIR": str(SHARED_TITLE_CACHE)}
+
 from data_checks.sources.synthetic import ShopConfig  # noqa: E402
 from models.settings import Settings  # noqa: E402
 
@@ -83,3 +91,36 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def mirror_home(source: Path, home: Path) -> None:
+    """Make ``home`` hold what ``source`` holds, in place. SQLite databases are written through
+    SQLite's backup API, so the engines this process keeps open on them (the ledger's, MLflow's)
+    read the new content; every other file is copied; what ``source`` lacks is removed (a
+    killed run's journal and files among them). Both homes must be at rest."""
+    import shutil
+    import sqlite3
+
+    databases = sorted(p.relative_to(source) for p in source.rglob("*.db"))
+    for relative in databases:
+        (home / relative).parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(source / relative) as reader, sqlite3.connect(home / relative) as writer:
+            reader.backup(writer)
+        writer.close()
+        reader.close()
+    kept = {p.relative_to(source) for p in source.rglob("*")}
+    for path in sorted(home.rglob("*"), reverse=True):  # children before their folders
+        relative = path.relative_to(home)
+        if relative in kept and path.is_dir() == (source / relative).is_dir():
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for relative in sorted(kept):
+        if relative in databases:
+            continue
+        if (source / relative).is_dir():
+            (home / relative).mkdir(parents=True, exist_ok=True)
+        else:
+            shutil.copy2(source / relative, home / relative)

@@ -35,7 +35,7 @@ from models import train as train_module
 from models.recommender import Recommender
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
-from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, mirror_home
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -52,11 +52,33 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(home=tmp_path / "freshrec", **OVERRIDES)
 
 
+@pytest.fixture(scope="module")
+def bootstrapped_home(tmp_path_factory, prefect_server) -> tuple[Path, Path]:
+    """A home where the bootstrap trained version 1 on weeks 0-1 and weeks 2-3 wait in landing/,
+    built once for the module: (the home the tests run in, a copy of it at rest)."""
+    root = tmp_path_factory.mktemp("bootstrapped")
+    settings = Settings(home=root / "freshrec", **OVERRIDES)
+    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
+    completed(bootstrap, settings)
+    write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
+    mirror_home(settings.home, root / "at-rest")
+    return settings.home, root / "at-rest"
+
+
+@pytest.fixture
+def bootstrapped(bootstrapped_home, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the module's bootstrapped home, put back as the bootstrap left it."""
+    home, at_rest = bootstrapped_home
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mirror_home(at_rest, home)
+    return Settings(home=home, **OVERRIDES)
+
+
 def killed(settings: Settings, flow_name: str, window: str, reason: str = "", **overrides) -> None:
     """Run ``flow_name`` in a child process that SIGKILLs itself at ``window``."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {f"FRESHREC_{key.upper()}": str(value) for key, value in {**OVERRIDES, **overrides}.items()}
     env |= {"FRESHREC_HOME": str(settings.home), "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's server
     child = subprocess.run(
@@ -70,12 +92,6 @@ def completed(flow, *args, **kwargs):
     state = flow(*args, return_state=True, **kwargs)
     assert state.is_completed(), state.message
     return state
-
-
-def bootstrapped(settings: Settings) -> None:
-    write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
-    completed(bootstrap, settings)
-    write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
 
 
 def promoted_next(settings: Settings) -> None:
@@ -148,8 +164,8 @@ def test_bootstrap_killed_after_its_claim(settings, prefect_server, caplog):
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-def test_promotion_killed_then_the_next_run_promotes(settings, prefect_server, caplog, window):
-    bootstrapped(settings)
+def test_promotion_killed_then_the_next_run_promotes(bootstrapped, caplog, window):
+    settings = bootstrapped
     killed(settings, "continuous-training", window)
 
     promoted_next(settings)
@@ -163,8 +179,8 @@ def test_promotion_killed_then_the_next_run_promotes(settings, prefect_server, c
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-def test_rollback_killed_then_run_again_moves_back_once(settings, prefect_server, caplog, window):
-    bootstrapped(settings)
+def test_rollback_killed_then_run_again_moves_back_once(bootstrapped, caplog, window):
+    settings = bootstrapped
     outcomes = completed(continuous_training, settings).result()
     assert any(o.promoted and o.champion_version == "2" for o in outcomes), [o.reasons for o in outcomes]
     killed(settings, "rollback", window, REASON)
@@ -182,8 +198,8 @@ def test_rollback_killed_then_run_again_moves_back_once(settings, prefect_server
     assert [(m.action, m.from_version, m.to_version) for m in moves[2:4]] == [("rollback", "2", "1"), ("promote", "1", "3")]
 
 
-def test_an_update_killed_during_training_is_resumed_from_its_last_epoch(settings, prefect_server, monkeypatch):
-    bootstrapped(settings)  # weeks 2 and 3 wait: week 3 brings enough rows for an update
+def test_an_update_killed_during_training_is_resumed_from_its_last_epoch(bootstrapped, monkeypatch):
+    settings = bootstrapped  # weeks 2 and 3 wait: week 3 brings enough rows for an update
     killed(settings, "continuous-training", "training", batch_lease_seconds=1)
     engine = ledger.connect(settings.ledger_url)
     week3 = next(b for b in ledger.all_batches(engine) if b.file_name == "interactions-week003.csv")

@@ -37,7 +37,7 @@ import pytest
 from data_checks.sources.synthetic import write_weeks
 from flows.servers import Server, start_mlflow, start_prefect, stop, wait_ready
 from tasks import ledger
-from tests.conftest import TINY_SHOP, free_port
+from tests.conftest import CHILD_ENV, TINY_SHOP, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def deployed(tmp_path_factory):
     """Both servers, every deployment of prefect.yaml, and a process worker, for the module."""
     tmp = tmp_path_factory.mktemp("deployed")
     home = tmp / "freshrec"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")} | CHILD_ENV
     started: list[Server] = []
     try:
         prefect = start_prefect(tmp / "servers", free_port())
@@ -120,6 +120,9 @@ def deployed(tmp_path_factory):
             "PREFECT_API_URL": prefect.url,
             "PREFECT_HOME": str(tmp / "prefect-client"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The worker asks for scheduled runs every 2 s, not every 10 s: a run starts soon after
+            # it is created, as the tests wait for it.
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
             "MLFLOW_TRACKING_URI": mlflow.url,
             "FRESHREC_HOME": str(home),
             "FRESHREC_MIN_NEW_ROWS": "500",

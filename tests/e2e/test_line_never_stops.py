@@ -23,7 +23,7 @@ from tasks import ledger
 from tasks import monitor
 from tasks import ingest
 from tasks.ingest import pipeline_problem
-from tests.conftest import TINY_SHOP
+from tests.conftest import CHILD_ENV, TINY_SHOP
 from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(settings, *args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {"FRESHREC_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     return subprocess.run([sys.executable, "-m", "flows", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 

@@ -37,7 +37,7 @@ from prefect.logging.handlers import APILogHandler
 from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import bootstrap
 from models.settings import Settings
-from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ READY_LINE = "Ctrl-C stops both."
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without a developer's freshrec or MLflow settings and credentials."""
     dropped = ("MLFLOW_TRACKING_URI", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", *CREDENTIAL_VARIABLES)
-    return {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in dropped} | extra
+    return {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k not in dropped} | CHILD_ENV | extra
 
 
 def password(label: str) -> str:

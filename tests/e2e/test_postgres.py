@@ -30,7 +30,7 @@ from flows.servers import start_mlflow, stop, wait_ready
 from models.settings import Settings
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
-from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 from tests.e2e.postgres import throwaway_cluster
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,7 @@ def test_registry_and_ledger_on_postgresql(postgres, mlflow_server, prefect_serv
     assert not list(settings.home.glob("*.db")), "a SQLite store was created beside the data"
 
     # `python -m flows history` reads the same trail and finds the registry in agreement.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {
         "FRESHREC_HOME": str(settings.home),
         "FRESHREC_LEDGER_URL": settings.ledger_url,

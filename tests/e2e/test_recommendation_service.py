@@ -33,7 +33,7 @@ from models.settings import Settings
 from flows.validate_landing import validate_landing
 from tasks.registry import register
 from tasks.tracking import load_champion, tracking_store
-from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 from tests.e2e.test_registry import challenger_run
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def service(tmp_path_factory, prefect_server):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     settings = Settings(home=tmp_path_factory.mktemp("service") / "freshrec", **TINY_SHOP_SETTINGS)
     settings.home.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {"FRESHREC_HOME": str(settings.home), "FRESHREC_SERVE_POLL_SECONDS": str(POLL_SECONDS)}
     log = settings.home / "serve.log"
     process, port = start_service(env, log)
@@ -338,7 +338,7 @@ def test_a_signed_mlflow_webhook_makes_the_service_check_at_once_and_a_forged_on
     from mlflow.webhooks.delivery import _generate_hmac_signature
 
     secret = "webhook-secret-for-the-test"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {"FRESHREC_HOME": str(service.settings.home), "FRESHREC_SERVE_POLL_SECONDS": "3600", "FRESHREC_SERVE_WEBHOOK_SECRET": secret}
     log = service.settings.home / "serve-webhook.log"
     process, port = start_service(env, log)

@@ -25,7 +25,7 @@ from tasks.gates import judge_challenger
 from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
 from tasks.tracking import load_champion
 from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger
-from tests.conftest import TINY_SHOP, race
+from tests.conftest import CHILD_ENV, TINY_SHOP, race
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_rollback_moves_the_champion_back_and_the_trail_says_why(settings, prefe
     assert stale.version is None and "moved from version 2 to 1" in stale.reason
 
     # Forward again by name, from the command line, then the history.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env["FRESHREC_HOME"] = str(settings.home)
     from prefect.settings import PREFECT_API_URL
 

@@ -20,7 +20,7 @@ import pytest
 
 from data_checks.sources.synthetic import write_weeks
 from flows.servers import start_prefect, stop, wait_ready
-from tests.conftest import TINY_SHOP, TINY_SHOP_SETTINGS, free_port
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, free_port
 from tests.e2e.postgres import throwaway_cluster
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_a_planted_password_reaches_no_store_log_or_parameter(stores, prefect_ap
     server, server_state = prefect_api
     home, work = tmp_path / "freshrec", tmp_path / "cwd"
     work.mkdir()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("FRESHREC_", "MLFLOW_", "PREFECT_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FRESHREC_", "MLFLOW_", "PREFECT_"))} | CHILD_ENV
     base |= {
         "PREFECT_API_URL": server.url,
         "PREFECT_HOME": str(tmp_path / "prefect-client"),

@@ -22,7 +22,7 @@ from data_checks.sources.synthetic import write_weeks
 from flows.bootstrap import ChampionExistsError, bootstrap
 from flows.continuous_training import NoChampionError, continuous_training
 from tasks import ledger
-from tests.conftest import TINY_SHOP
+from tests.conftest import CHILD_ENV, TINY_SHOP
 from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def test_command_line_json_and_exit_codes(tmp_path, prefect_server):
     from prefect.settings import PREFECT_API_URL
 
     # MLFLOW_TRACKING_URI too: the previous test's mlflow.set_tracking_uri exported it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {
         "FRESHREC_HOME": str(tmp_path / "cli"),
         "FRESHREC_VOLUME_THRESHOLD_ROWS": "4000",
