@@ -87,7 +87,7 @@ def main() -> None:
         "results": results,
         "peers": {peer.name: peer.summary() for peer in peers},
         "differences": differences,
-        "protocol": bt.PROTOCOL,
+        "protocol": bt.protocol(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -118,8 +118,8 @@ def run_policy(policy: str, settings: Settings, work: Path, bootstrap: list[bt.P
 
     def on_period(track: bt.Track, period: bt.Period) -> None:
         logger.info(
-            "%s %s: champion v%s Recall@20 %.4f on %d users; %d updates so far, %.1f s training",
-            track.name, period.label, track.versions[period.label], track.recall[period.label],
+            "%s %s: champion v%s Recall@%d %.4f on %d users; %d updates so far, %.1f s training",
+            track.name, period.label, track.versions[period.label], track.k, track.recall[period.label],
             track.users[period.label], track.updates, track.train_seconds,
         )
 
@@ -127,8 +127,8 @@ def run_policy(policy: str, settings: Settings, work: Path, bootstrap: list[bt.P
 
 
 @task(name="run-peers", cache_policy=NO_CACHE)
-def run_peers(accepted, bootstrap, tests, include_als: bool, target_event: str) -> list[bt.Track]:
-    return bt.run_peers(accepted, bootstrap, tests, include_als, target_event)
+def run_peers(accepted, bootstrap, tests, include_als: bool, target_event: str, k: int) -> list[bt.Track]:
+    return bt.run_peers(accepted, bootstrap, tests, include_als, target_event, k)
 
 
 @flow(name="backtest")
@@ -180,7 +180,7 @@ def backtest(
         tracks.append(track)
         accepted = accepted or rows
     if include_peers:
-        tracks += run_peers(accepted, bootstrap, tests, include_als, settings.target_event)
+        tracks += run_peers(accepted, bootstrap, tests, include_als, settings.target_event, settings.eval_k)
     result = bt.report(
         source, period, bootstrap, tests, tracks, time.perf_counter() - started, settings.target_event, settings.event_weights()
     )

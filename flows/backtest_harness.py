@@ -44,7 +44,7 @@ POLICIES = {
     "incremental": "incremental update every period",
     "triggered": "triggered incremental update (default thresholds)",
 }
-K = 20
+K = 20  # the cut-off of a report that does not name its own ("k"): every report before eval_k was read
 POLICY_COLOURS = {"never": "#7f7f7f", "retrain": "#1f77b4", "incremental": "#2ca02c", "triggered": "#d62728"}
 DERIVED = ("landing_dir", "accepted_dir", "quarantine_dir", "reports_dir", "checkpoints_dir", "mlflow_artifacts_dir")
 
@@ -69,7 +69,8 @@ class Track:
     train_seconds: float = 0.0  # training wall time after the bootstrap (the flows' own clock)
     bootstrap_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)  # champion version that served each period
-    # Per period, each scored user's Recall@20 and NDCG@20 (for the paired comparisons).
+    k: int = K  # the lists' cut-off: the settings' eval_k
+    # Per period, each scored user's Recall@k and NDCG@k (for the paired comparisons).
     per_user: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def record(self, label: str, users, recall: np.ndarray, ndcg: np.ndarray) -> None:
@@ -79,10 +80,10 @@ class Track:
     def summary(self) -> dict:
         return {
             "description": self.description,
-            "mean_recall_at_20": float(np.mean(list(self.recall.values()))) if self.recall else None,
-            "mean_ndcg_at_20": float(np.mean(list(self.ndcg.values()))) if self.ndcg else None,
-            "recall_at_20": self.recall,
-            "ndcg_at_20": self.ndcg,
+            f"mean_recall_at_{self.k}": float(np.mean(list(self.recall.values()))) if self.recall else None,
+            f"mean_ndcg_at_{self.k}": float(np.mean(list(self.ndcg.values()))) if self.ndcg else None,
+            f"recall_at_{self.k}": self.recall,
+            f"ndcg_at_{self.k}": self.ndcg,
             "users": self.users,
             "updates": self.updates,
             "decided_updates": self.decided_updates,
@@ -139,7 +140,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
     if home.exists():
         shutil.rmtree(home)  # a backtest starts from nothing: no state of an earlier one leaks in
     settings = policy_settings(base, policy, home)
-    track = Track(policy, POLICIES[policy])
+    track = Track(policy, POLICIES[policy], k=base.eval_k)
     accepted: dict[str, pd.DataFrame] = {}
     for period in bootstrap:
         land(period, settings)
@@ -161,7 +162,7 @@ def run_policy(policy: str, base: Settings, work: Path, bootstrap: list[Period],
         accepted[period.label] = rows
         champion = load_champion.fn(settings)
         model = Recommender.load(champion.checkpoint_path)
-        scored = evaluate(model, purchases(rows, base.target_event), seen_users, K, target_event=base.target_event)
+        scored = evaluate(model, purchases(rows, base.target_event), seen_users, track.k, target_event=base.target_event)
         track.record(period.label, scored.user_ids, scored.per_user["recall"], scored.per_user["ndcg"])
         track.versions[period.label] = champion.version
         if policy != "never":
@@ -209,13 +210,13 @@ def peers(include_als: bool = True) -> list:
 
 def run_peers(
     accepted: dict[str, pd.DataFrame], bootstrap: list[Period], tests: list[Period], include_als: bool = True,
-    target_event: str = DEFAULT_EVENT_TYPE,
+    target_event: str = DEFAULT_EVENT_TYPE, k: int = K,
 ) -> list[Track]:
     """Each peer refitted before every test period on all accepted events of the target type
-    (purchases) before it: the peers are models of purchase histories."""
+    (purchases) before it: the peers are models of purchase histories. Lists are cut at ``k``."""
     tracks = []
     for peer in peers(include_als):
-        track = Track(peer.name, peer.name)
+        track = Track(peer.name, peer.name, k=k)
         history = [purchases(accepted[p.label], target_event) for p in bootstrap]
         # Scored on the users freshrec is scored on: those with any accepted event before (a
         # peer knows only buyers, and lists recent popularity to the rest).
@@ -226,11 +227,11 @@ def run_peers(
             started = time.perf_counter()
             peer.fit(before, accepted[period.label]["event_time"].min())
             track.train_seconds += time.perf_counter() - started
-            track.record(period.label, relevant.index, *score_lists(peer.recommend(relevant.index, K), relevant))
+            track.record(period.label, relevant.index, *score_lists(peer.recommend(relevant.index, k), relevant, k))
             history.append(purchases(accepted[period.label], target_event))
             seen = seen.union(pd.Index(accepted[period.label]["user_id"].unique()))
         tracks.append(track)
-        logger.info("peer %s: mean Recall@20 %.4f", peer.name, np.mean(list(track.recall.values())))
+        logger.info("peer %s: mean Recall@%d %.4f", peer.name, k, np.mean(list(track.recall.values())))
     return tracks
 
 
@@ -262,7 +263,7 @@ def paired_difference(a: Track, b: Track, metric: str, resamples: int = 2000, le
 
 
 def significance(tracks: list[Track], of: str = "triggered", against_policies: tuple[str, ...] = ("retrain",)) -> dict:
-    """``of`` against monthly retraining and every peer, on Recall@20 and NDCG@20."""
+    """``of`` against monthly retraining and every peer, on Recall@k and NDCG@k."""
     by_name = {t.name: t for t in tracks}
     if of not in by_name:
         return {}
@@ -277,16 +278,21 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-PROTOCOL = (
+_PROTOCOL = (
     "Prequential: before a period's data is used for training, each policy's current champion is scored on it. "
     "Interactions are distinct (customer, item, order) purchases that passed validation; at period m models know "
     "only data before m; the relevant set of a user is the distinct items they bought in m, for users seen before m; "
     "items bought before are valid recommendations; candidates are all items the model can score (freshrec: every "
-    "item seen before m plus the catalog's new items; peers: items seen before m). Recall@20 = |top20 ∩ R| / "
-    "min(20, |R|); NDCG@20 with binary relevance; mean over users, then over periods. Policies run the real "
+    "item seen before m plus the catalog's new items; peers: items seen before m). Recall@{k} = |top{k} ∩ R| / "
+    "min({k}, |R|); NDCG@{k} with binary relevance; mean over users, then over periods. Policies run the real "
     "pipeline (validation, drift, decision, fine-tuning, promotion gate) in their own ledger and MLflow store; "
     "a policy's champion changes only when the gate promotes a challenger."
 )
+
+
+def protocol(k: int = K) -> str:
+    """The scoring protocol in words, for lists cut at ``k``."""
+    return _PROTOCOL.format(k=k)
 
 
 def report(
@@ -294,14 +300,16 @@ def report(
     target_event: str = DEFAULT_EVENT_TYPE, event_weights: dict[str, float] | None = None,
 ) -> dict:
     by_name = {t.name: t.summary() for t in tracks}
+    (k,) = {t.k for t in tracks} or {K}
     result = {
         "source": source,
         "period": period,
+        "k": k,  # the cut-off of every Recall and NDCG below (the settings' eval_k)
         "target_event": target_event,  # what every Recall and NDCG scores
         "event_weights": event_weights,  # what each event type counted for in freshrec's training
         "bootstrap_periods": [p.label for p in bootstrap],
         "test_periods": [p.label for p in tests],
-        "protocol": PROTOCOL,
+        "protocol": protocol(k),
         "machine": machine(),
         "wall_seconds": round(wall_seconds, 1),
         "results": by_name,
@@ -310,18 +318,19 @@ def report(
     if compared:
         result["triggered_vs"] = compared
     retrain, triggered = by_name.get("retrain"), by_name.get("triggered")
-    if retrain and triggered and retrain["mean_recall_at_20"]:
+    if retrain and triggered and retrain[f"mean_recall_at_{k}"]:
         result["triggered_vs_retrain"] = {
-            "recall_share": triggered["mean_recall_at_20"] / retrain["mean_recall_at_20"],
+            "recall_share": triggered[f"mean_recall_at_{k}"] / retrain[f"mean_recall_at_{k}"],
             "train_time_share": triggered["train_seconds"] / retrain["train_seconds"] if retrain["train_seconds"] else None,
         }
     return result
 
 
 def format_report(result: dict) -> str:
-    rows = [("policy / peer", "mean Recall@20", "mean NDCG@20", "updates", "train s")]
+    k = result.get("k", K)
+    rows = [("policy / peer", f"mean Recall@{k}", f"mean NDCG@{k}", "updates", "train s")]
     for name, r in result["results"].items():
-        rows.append((name, f"{r['mean_recall_at_20']:.4f}", f"{r['mean_ndcg_at_20']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
+        rows.append((name, f"{r[f'mean_recall_at_{k}']:.4f}", f"{r[f'mean_ndcg_at_{k}']:.4f}", str(r["updates"]), f"{r['train_seconds']:.1f}"))
     lines = [f"scored on {result.get('target_event', DEFAULT_EVENT_TYPE)} events", *plain_table(rows)]
     weights = result.get("event_weights")
     if weights:
@@ -329,10 +338,10 @@ def format_report(result: dict) -> str:
     share = result.get("triggered_vs_retrain")
     if share:
         time_share = f"{share['train_time_share']:.1%}" if share["train_time_share"] is not None else "-"
-        lines.append(f"\ntriggered / retrain: {share['recall_share']:.1%} of the mean Recall@20 for {time_share} of the training time")
+        lines.append(f"\ntriggered / retrain: {share['recall_share']:.1%} of the mean Recall@{k} for {time_share} of the training time")
     compared = result.get("triggered_vs")
     if compared:
-        rows = [("triggered minus", "Recall@20 [95% interval]", "NDCG@20 [95% interval]")]
+        rows = [("triggered minus", f"Recall@{k} [95% interval]", f"NDCG@{k} [95% interval]")]
         for name, metrics in compared.items():
             rows.append((name, *(_interval(metrics[m]) for m in ("recall", "ndcg"))))
         lines += ["", *plain_table(rows)]
@@ -348,7 +357,7 @@ def _interval(d: dict) -> str:
 
 def format_markdown(result: dict) -> str:
     """The report as the Prefect artifact shows it: the table as code, then the protocol."""
-    return f"# Backtest on {md_text(result['source'])}\n\n{md_code_block(format_report(result))}\n{PROTOCOL}\n"
+    return f"# Backtest on {md_text(result['source'])}\n\n{md_code_block(format_report(result))}\n{protocol(result.get('k', K))}\n"
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -358,22 +367,23 @@ def plot(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     compared = result.get("triggered_vs") or {}
+    k = result.get("k", K)
     figure, axes = plt.subplots(1, 2 if compared else 1, figsize=(16 if compared else 10, 6.5), squeeze=False,
                                 gridspec_kw={"width_ratios": [1.8, 1.0]} if compared else None)
     axis = axes[0, 0]
     peer_colours = iter(plt.get_cmap("tab10").colors[4:] + plt.get_cmap("Dark2").colors)
     for name, r in result["results"].items():
-        labels = list(r["recall_at_20"])
+        labels = list(r[f"recall_at_{k}"])
         policy = name in POLICIES
         axis.plot(
-            labels, list(r["recall_at_20"].values()), label=name,
+            labels, list(r[f"recall_at_{k}"].values()), label=name,
             color=POLICY_COLOURS[name] if policy else next(peer_colours, None),
             linestyle="-" if policy else "--", linewidth=2.6 if name == "triggered" else 1.6 if policy else 1.0,
             marker="o" if policy else ".", markersize=4 if policy else 3,
         )
     axis.set_xlabel(result["period"])
-    axis.set_ylabel("Recall@20")
-    axis.set_title(f"Recall@20 per {result['period']} (prequential; peers dashed)", fontsize=10)
+    axis.set_ylabel(f"Recall@{k}")
+    axis.set_title(f"Recall@{k} per {result['period']} (prequential; peers dashed)", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     if len(labels) > 16:  # weekly: every fourth label
@@ -392,7 +402,7 @@ def plot(result: dict, path: Path) -> Path:
         side.errorbar(means, range(len(names)), xerr=errors, fmt="o", color=POLICY_COLOURS["triggered"], capsize=3)
         side.axvline(0.0, color="black", linewidth=0.8)
         side.set_yticks(range(len(names)), [n.replace(" (", "\n(", 1) if len(n) > 30 else n for n in names], fontsize=7)
-        side.set_xlabel("triggered minus track: mean Recall@20 difference")
+        side.set_xlabel(f"triggered minus track: mean Recall@{k} difference")
         side.set_title("95% paired bootstrap intervals\n(retraining and the peers within 0.05)", fontsize=9)
         side.grid(alpha=0.3, axis="x")
     figure.suptitle(f"Backtest on {result['source']}")
@@ -423,12 +433,16 @@ def log_report(settings: Settings, result: dict, files: tuple[Path, Path]) -> st
 
     _, experiment_id = mlflow_client(settings, f"{settings.experiment_name}-backtest")
     with tracking_store(settings), mlflow.start_run(experiment_id=experiment_id, run_name=f"backtest {result['source']}") as run:
-        mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"])})
+        k = result.get("k", K)
+        mlflow.log_params({"source": result["source"], "period": result["period"], "test_periods": len(result["test_periods"]), "k": k})
         for name, r in result["results"].items():
             key = metric_key(name)
-            mlflow.log_metrics({f"{key}.mean_recall_at_20": r["mean_recall_at_20"], f"{key}.mean_ndcg_at_20": r["mean_ndcg_at_20"], f"{key}.train_seconds": r["train_seconds"]})
-            for step, value in enumerate(r["recall_at_20"].values()):
-                mlflow.log_metric(f"{key}.recall_at_20", value, step=step)
+            mlflow.log_metrics({
+                f"{key}.mean_recall_at_{k}": r[f"mean_recall_at_{k}"], f"{key}.mean_ndcg_at_{k}": r[f"mean_ndcg_at_{k}"],
+                f"{key}.train_seconds": r["train_seconds"],
+            })
+            for step, value in enumerate(r[f"recall_at_{k}"].values()):
+                mlflow.log_metric(f"{key}.recall_at_{k}", value, step=step)
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="backtest")
         return run.info.run_id

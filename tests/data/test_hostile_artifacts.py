@@ -213,7 +213,7 @@ def test_the_backtest_artifact_forges_nothing(settings, monkeypatch, tmp_path):
     (call,) = calls
     title, _, rest = call["markdown"].partition("\n")
     assert visible(HOSTILE[2]) in assert_inert(title, h1=1).text
-    rendered = Rendered(rest.replace(bt.PROTOCOL, ""))  # the protocol is the code's own Markdown
+    rendered = Rendered(rest.replace(bt.protocol(), ""))  # the protocol is the code's own Markdown
     assert dict(rendered.tags) == {"pre": 1, "code": 1} and rendered.text.strip() == bt.format_report(result)
     assert_inert(call["description"], p=1)
 
