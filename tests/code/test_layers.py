@@ -211,3 +211,18 @@ def test_serving_imports_no_training_loop(module):
     code = f"import sys, {module}; print(sorted(m for m in ('models.train', 'models.distributed', 'tasks.training') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+# Seconds to import each: a process loads them when it first validates a batch or measures drift.
+HEAVY_AT_FIRST_USE = ("evidently", "great_expectations")
+
+
+def test_importing_the_flows_or_the_service_loads_no_validation_or_drift_library():
+    import subprocess
+    import sys
+
+    modules = ("flows.rollback", "flows.bootstrap", "flows.continuous_training", "flows.commands", "flows.serve")
+    probe = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY_AT_FIRST_USE!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]", f"importing {', '.join(modules)} imports {done.stdout.strip()}"
