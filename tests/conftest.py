@@ -75,21 +75,49 @@ def no_tracking_uri_left_behind():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store as MLflow creates it (its tables, no experiment of freshrec's):
+    MLflow's schema migrations take seconds, so a test's home starts from a copy of this one."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    made = tmp_path_factory.mktemp("mlflow-store") / "made.db"
+    uri = f"sqlite:///{made}"
+    MlflowClient(uri, registry_uri=uri).search_registered_models()  # both schemas, migrated
+    at_rest = made.with_name("mlflow.db")
+    with sqlite3.connect(made) as reader, sqlite3.connect(at_rest) as writer:
+        reader.backup(writer)
+    writer.close()
+    reader.close()
+    return at_rest
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings scaled to TINY_SHOP, in a home of the test's own."""
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_store: Path) -> Settings:
+    """Settings scaled to TINY_SHOP, in a home of the test's own (its MLflow store a copy of
+    ``empty_mlflow_store``)."""
+    import shutil
+
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,
     # one test's store would become the next test's default.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Settings(home=tmp_path / "freshrec", **TINY_SHOP_SETTINGS)
+    home = tmp_path / "freshrec"
+    home.mkdir()
+    shutil.copyfile(empty_mlflow_store, home / "mlflow.db")
+    return Settings(home=home, **TINY_SHOP_SETTINGS)
 
 
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server for every test that runs a real flow."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # No flow run heartbeats (they tell a server a run is alive; no test reads them): Prefect
+    # 3.9 waits up to a second for the heartbeat thread at the end of every flow run and subflow.
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

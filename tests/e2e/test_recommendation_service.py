@@ -248,18 +248,23 @@ def test_an_id_with_markup_or_a_slash_comes_back_as_json_text(service):
 class Load:
     """``clients`` threads, each sending ``requests`` GET requests (``paths`` in turn) on its own
     keep-alive connection, ``pause`` seconds apart, and recording every answer's status and
-    version: a fixed count, ending by itself."""
+    version: at most a fixed count, ending by itself or, sooner, at ``stop``."""
 
     def __init__(self, port: int, paths: list[str], clients: int, requests: int, pause: float) -> None:
         self.port, self.paths, self.requests, self.pause = port, paths, requests, pause
         self.answers: list[list[tuple[int, str | None]]] = [[] for _ in range(clients)]
         self.times: list[list[float]] = [[] for _ in range(clients)]  # when each answer came (epoch seconds)
         self.errors: list[str] = []
+        self.sent = [0] * clients  # requests each client sent: each must have its answer
+        self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
     def _client(self, i: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         for n in range(self.requests):
+            if self.stopping.is_set():
+                break
+            self.sent[i] += 1
             try:
                 connection.request("GET", self.paths[n % len(self.paths)])
                 response = connection.getresponse()
@@ -290,6 +295,11 @@ class Load:
 
     def answered(self) -> int:
         return sum(len(a) for a in self.answers)
+
+    def stop(self, timeout: float) -> None:
+        """No new request after the ones in flight; wait for those."""
+        self.stopping.set()
+        self.join(timeout)
 
     def join(self, timeout: float) -> None:
         for thread in self.threads:
