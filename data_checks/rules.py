@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 Level = Literal["error", "policy"]
 
 
+def _gx():
+    """Great Expectations, imported at first use: it takes seconds to import, and most processes
+    that import the rules (rollback, the service, the command line) never build or run a suite."""
+    import great_expectations
+
+    return great_expectations
+
+
 @dataclass(frozen=True)
 class RowRule:
     name: str
@@ -42,8 +50,7 @@ def _where(condition: str | None, frame: pd.DataFrame) -> pd.Series:
 
 def not_null(name: str, column: str, level: Level, description: str, row_condition: str | None = None) -> RowRule:
     """Missing values, only among rows where ``row_condition``."""
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
-
+    gx = _gx()
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
     return RowRule(
         name, level, description,
@@ -62,8 +69,7 @@ def between(
     row_condition: str | None = None,
 ) -> RowRule:
     """Values outside [min, max] (nulls pass, as in GE), only among rows where ``row_condition``."""
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
-
+    gx = _gx()
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
 
     def broken(df: pd.DataFrame) -> pd.Series:
@@ -86,8 +92,7 @@ def between(
 
 
 def not_in_set(name: str, column: str, level: Level, description: str, values: list, row_condition: str | None = None) -> RowRule:
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
-
+    gx = _gx()
     conditional = {"row_condition": row_condition, "condition_parser": "pandas"} if row_condition else {}
     return RowRule(
         name, level, description,
@@ -97,8 +102,7 @@ def not_in_set(name: str, column: str, level: Level, description: str, values: l
 
 
 def not_matching(name: str, column: str, level: Level, description: str, regex: str) -> RowRule:
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
-
+    gx = _gx()
     return RowRule(
         name, level, description,
         gx.expectations.ExpectColumnValuesToNotMatchRegex(column=column, regex=regex, meta={"rule": name}),
@@ -152,8 +156,7 @@ class ValidationResult:
 def schema_problems(raw: pd.DataFrame, required: list[str], allowed: list[str], suite_name: str) -> tuple[list[str], dict]:
     """The batch-level expectations (columns and rows), run through Great Expectations and read
     by name. Returns the problems (empty when the batch may be validated) and GE's result."""
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
-
+    gx = _gx()
     present_optional = [c for c in allowed if c in raw.columns and c not in required]
     expectations = [
         gx.expectations.ExpectTableColumnsToMatchSet(
@@ -262,7 +265,7 @@ def reason_strings(masks: pd.DataFrame, bad: pd.Series) -> np.ndarray:
 
 
 def _validate(frame: pd.DataFrame, expectations: list, suite_name: str):
-    import great_expectations as gx  # seconds to import: only where a suite is built or run
+    gx = _gx()
     from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
 
     config = DataContextConfig(

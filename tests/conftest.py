@@ -152,3 +152,19 @@ def mirror_home(source: Path, home: Path) -> None:
             (home / relative).mkdir(parents=True, exist_ok=True)
         else:
             shutil.copy2(source / relative, home / relative)
+
+
+class HomeAtRest:
+    """A home a module builds once (``root/freshrec``) and a copy of it at rest: ``keep`` takes
+    the copy, ``restore`` puts the home back as it was then, in place, before each test."""
+
+    def __init__(self, root: Path) -> None:
+        self.home, self.at_rest = root / "freshrec", root / "at-rest"
+
+    def keep(self) -> "HomeAtRest":
+        mirror_home(self.home, self.at_rest)
+        return self
+
+    def restore(self) -> Path:
+        mirror_home(self.at_rest, self.home)
+        return self.home

@@ -35,7 +35,7 @@ from models import train as train_module
 from models.recommender import Recommender
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
-from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, mirror_home
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -53,25 +53,22 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def bootstrapped_home(tmp_path_factory, prefect_server) -> tuple[Path, Path]:
+def bootstrapped_home(tmp_path_factory, prefect_server) -> HomeAtRest:
     """A home where the bootstrap trained version 1 on weeks 0-1 and weeks 2-3 wait in landing/,
-    built once for the module: (the home the tests run in, a copy of it at rest)."""
-    root = tmp_path_factory.mktemp("bootstrapped")
-    settings = Settings(home=root / "freshrec", **OVERRIDES)
+    built once for the module."""
+    built = HomeAtRest(tmp_path_factory.mktemp("bootstrapped"))
+    settings = Settings(home=built.home, **OVERRIDES)
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     completed(bootstrap, settings)
     write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
-    mirror_home(settings.home, root / "at-rest")
-    return settings.home, root / "at-rest"
+    return built.keep()
 
 
 @pytest.fixture
-def bootstrapped(bootstrapped_home, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def bootstrapped(bootstrapped_home: HomeAtRest, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings of the module's bootstrapped home, put back as the bootstrap left it."""
-    home, at_rest = bootstrapped_home
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mirror_home(at_rest, home)
-    return Settings(home=home, **OVERRIDES)
+    return Settings(home=bootstrapped_home.restore(), **OVERRIDES)
 
 
 def killed(settings: Settings, flow_name: str, window: str, reason: str = "", **overrides) -> None:

@@ -23,7 +23,8 @@ from tasks import ledger
 from tasks import monitor
 from tasks import ingest
 from tasks.ingest import pipeline_problem
-from tests.conftest import CHILD_ENV, TINY_SHOP
+from models.settings import Settings
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest
 from tests.conftest import completed_run as run
 
 pytestmark = pytest.mark.slow
@@ -40,11 +41,21 @@ def batch(settings, name: str) -> ledger.BatchRecord:
     return next(b for b in ledger.all_batches(ledger.connect(settings.ledger_url)) if b.file_name == name)
 
 
-@pytest.fixture
-def bootstrapped(settings, prefect_server):
+@pytest.fixture(scope="module")
+def bootstrapped_home(tmp_path_factory, prefect_server) -> HomeAtRest:
+    """A home whose bootstrap trained version 1 on weeks 0-1, built once for the module."""
+    built = HomeAtRest(tmp_path_factory.mktemp("bootstrapped"))
+    settings = Settings(home=built.home, **TINY_SHOP_SETTINGS)
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     run(bootstrap, settings)
-    return settings
+    return built.keep()
+
+
+@pytest.fixture
+def bootstrapped(bootstrapped_home: HomeAtRest, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the module's bootstrapped home, put back as the bootstrap left it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Settings(home=bootstrapped_home.restore(), **TINY_SHOP_SETTINGS)
 
 
 def test_a_batch_of_guest_checkouts_only_does_not_stop_later_batches(bootstrapped):

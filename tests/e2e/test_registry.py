@@ -23,22 +23,35 @@ from flows.validate_landing import validate_landing
 from tasks import ledger
 from tasks.gates import judge_challenger
 from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
-from tasks.tracking import load_champion
+from tasks.tracking import ChampionInfo, load_champion
 from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger
-from tests.conftest import CHILD_ENV, TINY_SHOP, race
+from models.settings import Settings
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest, race
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bootstrapped(settings):
-    """A champion (version 1) trained on weeks 0-1, and weeks 2-3 landed and validated."""
+@pytest.fixture(scope="module")
+def bootstrapped_home(tmp_path_factory, prefect_server) -> HomeAtRest:
+    """A champion (version 1) trained on weeks 0-1, and weeks 2-3 landed and validated, built
+    once for the module."""
+    built = HomeAtRest(tmp_path_factory.mktemp("bootstrapped"))
+    settings = Settings(home=built.home, **TINY_SHOP_SETTINGS)
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     state = bootstrap(settings, return_state=True)
     assert state.is_completed(), state.message
     write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
     validate_landing(settings)
-    return load_champion.fn(settings)
+    return built.keep()
+
+
+@pytest.fixture
+def bootstrapped(bootstrapped_home: HomeAtRest, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, ChampionInfo]:
+    """The module's bootstrapped home, put back as it was built, and its champion."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(home=bootstrapped_home.restore(), **TINY_SHOP_SETTINGS)
+    return settings, load_champion.fn(settings)
 
 
 def challenger_run(settings, champion, seed: int):
@@ -60,8 +73,8 @@ def _race(barrier, results, settings, run_id, model_uri, champion, tags, batch_i
     results.put((run_id, registration.version, registration.reason))
 
 
-def test_two_challengers_against_one_champion_promote_once(settings, prefect_server):
-    champion = bootstrapped(settings)
+def test_two_challengers_against_one_champion_promote_once(bootstrapped):
+    settings, champion = bootstrapped
     assert champion.version == "1"
     runs = [challenger_run(settings, champion, seed) for seed in (1, 2)]
 
@@ -111,8 +124,8 @@ def test_two_challengers_against_one_champion_promote_once(settings, prefect_ser
     assert metrics["gain.newest.recall.ci_low"] <= metrics["gain.newest.recall.ci_high"]
 
 
-def test_rollback_moves_the_champion_back_and_the_trail_says_why(settings, prefect_server):
-    champion = bootstrapped(settings)
+def test_rollback_moves_the_champion_back_and_the_trail_says_why(bootstrapped):
+    settings, champion = bootstrapped
     run_id, uri, data, tags = challenger_run(settings, champion, seed=1)
     assert register(settings, run_id, uri, champion, tags, data.batch_ids).version == "2"
     client = MlflowClient(settings.mlflow_tracking_uri)
