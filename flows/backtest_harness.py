@@ -46,6 +46,7 @@ POLICIES = {
 }
 K = 20  # the cut-off of a report that does not name its own ("k"): every report before eval_k was read
 POLICY_COLOURS = {"never": "#7f7f7f", "retrain": "#1f77b4", "incremental": "#2ca02c", "triggered": "#d62728"}
+# Each policy's own state; the title vectors (title_cache_dir) are not: the policies share the base's cache.
 DERIVED = ("landing_dir", "accepted_dir", "quarantine_dir", "reports_dir", "checkpoints_dir", "mlflow_artifacts_dir")
 
 
@@ -300,7 +301,10 @@ def report(
     target_event: str = DEFAULT_EVENT_TYPE, event_weights: dict[str, float] | None = None,
 ) -> dict:
     by_name = {t.name: t.summary() for t in tracks}
-    (k,) = {t.k for t in tracks} or {K}
+    cut_offs = {t.k for t in tracks} or {K}
+    if len(cut_offs) > 1:
+        raise ValueError(f"one report, one cut-off: the tracks are at k = {sorted(cut_offs)}")
+    (k,) = cut_offs
     result = {
         "source": source,
         "period": period,

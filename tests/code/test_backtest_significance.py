@@ -87,5 +87,5 @@ def test_the_report_is_cut_at_the_settings_eval_k_and_a_report_without_k_reads_a
     old = {"results": {name: {key.replace("_50", "_20"): value for key, value in result["results"][name].items()}}}
     assert K == 20 and "mean Recall@20" in format_report(old)
     mixed = [Track("never", "never", k=10), Track("triggered", "triggered", k=20)]
-    with pytest.raises(ValueError):  # one report, one cut-off
+    with pytest.raises(ValueError, match=r"one report, one cut-off: the tracks are at k = \[10, 20\]"):
         report("synthetic", "week", bootstrap, tests, mixed, wall_seconds=1.0)
