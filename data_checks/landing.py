@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from models.files import read_parquet
 
 KEY_COLUMNS = ("user_id", "item_id", "order_id")  # ids a Parquet file may store as numbers
 # Whole numbers up to this are exact in a float64: a float id column is written without ".0".
@@ -40,7 +43,7 @@ def count_records(data: bytes, parquet: bool) -> int:
     for a CSV, the lines that are not blank (a line break is \\n, \\r\\n or \\r, as the parser
     reads them), less the header."""
     if parquet:
-        return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
     return max(0, sum(1 for line in data.splitlines() if line.strip()) - 1)
 
 
@@ -72,7 +75,7 @@ def read_landing_bytes(data: bytes, name: str, encoding: str = "utf-8") -> tuple
     if not data:
         raise EmptyFileError("the file is empty (0 bytes)")
     if is_parquet(name):
-        return parquet_as_text(pd.read_parquet(io.BytesIO(data)))
+        return parquet_as_text(read_parquet(data))
     text, notes = decode(data, encoding)
     return pd.read_csv(io.StringIO(text), dtype="string", keep_default_na=False, na_values=[""]), notes
 

@@ -31,7 +31,7 @@ from models.settings import Settings
 from models.baselines import ALS, TIFUKNN, UPCF, ItemKNN, RecentPopularity, RepeatPurchase
 from models.evaluate import evaluate, hit_matrix, relevant_sets
 from models.metrics import ndcg_at_k, recall_at_k
-from models.files import temporary_beside
+from models.files import read_parquet, temporary_beside
 from models.recommender import Recommender
 from tasks import ledger
 from tasks.tracking import load_champion, mlflow_client, tracking_store
@@ -187,7 +187,7 @@ def _accepted_rows(settings: Settings, period: Period) -> pd.DataFrame:
         b for b in ledger.all_batches(ledger.connect(settings.ledger_url))
         if b.file_name in names and b.kind == "interactions" and b.accepted_path
     ]
-    frames = [pd.read_parquet(b.accepted_path) for b in batches]
+    frames = [read_parquet(b.accepted_path) for b in batches]
     if not frames:
         raise RuntimeError(f"period {period.label}: no accepted interactions (see the ledger in {settings.home})")
     return pd.concat(frames, ignore_index=True)

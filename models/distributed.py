@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from models.evaluate import METRICS, evaluate
+from models.files import read_parquet
 from models.recommender import Recommender
 from models.train import train
 
@@ -52,11 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         recommender = Recommender.load(args.prepared)
         if not use_cuda:
             recommender.config.device = "cpu"
-        rows = pd.read_parquet(args.rows)  # user_id, item_id and, from a source with types, event_type
+        rows = read_parquet(args.rows)  # user_id, item_id and, from a source with types, event_type
         validate = None
         if args.holdout is not None:
-            holdout = pd.read_parquet(args.holdout)
-            users = pd.Index(pd.read_parquet(args.eval_users)["user_id"]) if args.eval_users else pd.Index(rows["user_id"].unique())
+            holdout = read_parquet(args.holdout)
+            users = pd.Index(read_parquet(args.eval_users)["user_id"]) if args.eval_users else pd.Index(rows["user_id"].unique())
 
             def validate(model: Recommender) -> float:
                 scored = evaluate(model, holdout, users, args.k, target_event=model.config.target_event, max_users=args.max_users)

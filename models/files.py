@@ -36,3 +36,31 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+# pandas hands Arrow a Python file object for a local path (`read_parquet`, `to_parquet`). Arrow's
+# I/O threads then call back into Python to read or close it, and one such thread can outlive the
+# interpreter's shutdown: the process ends with "terminate called without an active exception"
+# (SIGABRT) after its work is done (apache/arrow#34314, #50482; benchmarks/parquet_exit.py counts
+# it). Every Parquet file of freshrec is opened by Arrow itself through these two functions.
+
+
+def read_parquet(source: Path | str | bytes, columns: list[str] | None = None):
+    """A DataFrame from a Parquet file (a local path, or the file's bytes), opened by Arrow."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.fs
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return pd.read_parquet(pa.BufferReader(source), columns=columns)
+    return pd.read_parquet(os.path.abspath(source), columns=columns, filesystem=pyarrow.fs.LocalFileSystem())
+
+
+def write_parquet(frame, path: Path | str, index: bool | None = False) -> Path:
+    """Write ``frame`` to ``path`` as `DataFrame.to_parquet` does (without its index unless
+    ``index``), through a file Arrow opens itself. Returns ``path``."""
+    import pyarrow.fs
+
+    frame.to_parquet(os.path.abspath(path), index=index, filesystem=pyarrow.fs.LocalFileSystem())
+    return Path(path)

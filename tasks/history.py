@@ -38,7 +38,7 @@ from prefect.exceptions import MissingContextError
 
 from data_checks.contract import EVENT_TYPES, empty_interactions, with_contract_columns
 from models.settings import Settings
-from models.files import locked, temporary_beside
+from models.files import locked, read_parquet, temporary_beside, write_parquet
 from tasks import ledger
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def fold(settings: Settings) -> HistorySample:
 
 
 def _fold_batch(sample: HistorySample, batch_id: int, path: str, settings: Settings) -> HistorySample:
-    rows = with_contract_columns(pd.read_parquet(path))
+    rows = with_contract_columns(read_parquet(path))
     rows[KEY] = keys(rows, batch_id, settings.replay_half_life_days, settings.seed)
     rows[BATCH] = np.int64(batch_id)
     merged = pd.concat([sample.rows, rows], ignore_index=True) if len(sample.rows) else rows
@@ -172,8 +172,8 @@ def _load(root: Path, settings: Settings) -> tuple[HistorySample | None, str]:
             return None, f"it was drawn with {meta} and the settings now say {_meta(settings)}"
         if meta["capacity"] < settings.replay_reservoir_rows and meta["history_rows"] > meta["capacity"]:
             return None, f"replay_reservoir_rows grew from {meta['capacity']:,} to {settings.replay_reservoir_rows:,}"
-        rows = pd.read_parquet(folder / "rows.parquet")
-        users, items = pd.read_parquet(folder / "users.parquet"), pd.read_parquet(folder / "items.parquet")
+        rows = read_parquet(folder / "rows.parquet")
+        users, items = read_parquet(folder / "users.parquet"), read_parquet(folder / "items.parquet")
     except (OSError, ValueError, KeyError) as error:  # a damaged state is rebuilt, never trusted
         return None, f"{folder} cannot be read ({type(error).__name__}: {error})"
     rows = rows.iloc[: settings.replay_reservoir_rows]  # a smaller capacity keeps the smallest keys
@@ -186,9 +186,9 @@ def _save(root: Path, sample: HistorySample, settings: Settings) -> None:
     name = f"v-{uuid.uuid4().hex[:12]}"
     folder = root / name
     folder.mkdir()
-    sample.rows.to_parquet(folder / "rows.parquet", index=False)
-    sample.users.to_parquet(folder / "users.parquet")
-    sample.items.to_parquet(folder / "items.parquet")
+    write_parquet(sample.rows, folder / "rows.parquet")
+    write_parquet(sample.users, folder / "users.parquet", index=None)
+    write_parquet(sample.items, folder / "items.parquet", index=None)
     meta = _meta(settings) | {
         "capacity": sample.capacity, "history_rows": sample.history_rows, "batch_ids": sorted(sample.batch_ids),
     }

@@ -38,7 +38,7 @@ from data_checks.markup import md_text
 from data_checks.report import markdown_summary, rule_table
 from data_checks.rules import ValidationResult, rejected
 from models.settings import Settings
-from models.files import locked, temporary_beside
+from models.files import locked, read_parquet, temporary_beside, write_parquet
 from tasks import events, ledger
 from tasks.report import BatchOutcome
 from tasks.tracking import log_validation_run, mlflow_client
@@ -426,7 +426,7 @@ def load_catalog(settings: Settings) -> pd.DataFrame:
     path = settings.accepted_dir / CATALOG_FILE
     if not path.exists():
         return pd.DataFrame({column: pd.Series(dtype="string") for column in CATALOG_COLUMNS})
-    return pd.read_parquet(path)
+    return read_parquet(path)
 
 
 def status_of(result: ValidationResult) -> str:
@@ -501,7 +501,7 @@ def _merge_catalog(catalog: pd.DataFrame, settings: Settings) -> Path:
     target = settings.accepted_dir / CATALOG_FILE
     with locked(target):
         if target.exists():
-            catalog = pd.concat([pd.read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
+            catalog = pd.concat([read_parquet(target), catalog]).drop_duplicates("item_id", keep="last")
         return _write_parquet(catalog.reset_index(drop=True), target)
 
 
@@ -537,7 +537,7 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """Write beside the target and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_beside(path)
-    frame.to_parquet(tmp, index=False)
+    write_parquet(frame, tmp)
     tmp.replace(path)
     return path
 

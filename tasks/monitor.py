@@ -17,6 +17,7 @@ from data_checks.landing import output_stem
 from data_checks.markup import md_text, url_segment
 from models.settings import Settings
 from models.evaluate import evaluate, user_sample
+from models.files import read_parquet
 from models.recommender import Recommender
 from tasks import ledger
 from tasks.gates import METRIC_LABELS, UpdateDecision, UpdateSignals, champion_age_days
@@ -43,7 +44,7 @@ class Decay:
 
 def batch_drift(validation: BatchValidation, champion: ChampionInfo, settings: Settings) -> DriftResult:
     """The batch against the champion's reference, on at most settings.drift_sample_rows rows."""
-    reference = pd.read_parquet(champion.reference_path)
+    reference = read_parquet(champion.reference_path)
     recommender = Recommender.load(champion.checkpoint_path)
     catalog = load_catalog(settings)
     counts = ChampionCounts(recommender.item_counts, recommender.user_counts, catalog.set_index("item_id")["category"])
@@ -62,7 +63,7 @@ def batch_decay(validation: BatchValidation, champion: ChampionInfo, settings: S
         table = pq.read_table(validation.accepted_path)
         batch = table.filter(is_in(table["user_id"], known)).to_pandas()
     else:
-        batch = pd.read_parquet(validation.accepted_path)
+        batch = read_parquet(validation.accepted_path)
     metrics = evaluate(recommender, batch, known, settings.eval_k, target_event=settings.target_event)
     metric = settings.primary_metric
     return Decay(metrics.value(metric), champion.holdout_score(metric), metrics.users, metric)

@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 
 from data_checks.drift import DriftResult, reference_sample
 from models.evaluate import METRICS
+from models.files import write_parquet
 from models.settings import Settings
 from models.plots import training_figure
 from models.pyfunc import SIGNATURE, ServingLimits
@@ -75,7 +76,7 @@ def log_run(
         shutil.copyfile(challenger.checkpoint_path, checkpoint_path)
         # All the new rows, holdout included: a time-cut sample would skew weekday and hour.
         reference = reference_sample(pd.concat([data.new, data.holdout]), settings.reference_sample_rows, settings.seed)
-        reference.to_parquet(reference_path, index=False)
+        write_parquet(reference, reference_path)
         log_training_curves(run.info.run_id, recommender)
         mlflow.log_params(
             {

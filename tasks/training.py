@@ -26,6 +26,7 @@ from prefect.context import FlowRunContext
 from data_checks.contract import empty_interactions, with_contract_columns
 from models.settings import Settings
 from models.evaluate import SliceMetrics, evaluate
+from models.files import read_parquet, write_parquet
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
 from models.recommender import Recommender, TrainConfig
@@ -255,7 +256,7 @@ def _assemble_from_all_history(
 def read_accepted(path: str | Path, settings: Settings) -> pd.DataFrame:
     """A batch's accepted rows that training uses: those of an event type whose weight is above
     0, with every contract column (files accepted before a column was optional lack it)."""
-    rows = with_contract_columns(pd.read_parquet(path))
+    rows = with_contract_columns(read_parquet(path))
     return rows[event_weights(rows, settings.event_weights()) > 0]
 
 
@@ -380,15 +381,15 @@ def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: Trai
     back. The launch's output (rank 0's progress bar and epochs) is passed through as it comes."""
     work.mkdir(parents=True, exist_ok=True)
     prepared, out = recommender.save(work / "prepared.pt"), work / "trained.pt"
-    rows[[c for c in ("user_id", "item_id", "event_type") if c in rows]].to_parquet(work / "rows.parquet", index=False)
+    write_parquet(rows[[c for c in ("user_id", "item_id", "event_type") if c in rows]], work / "rows.parquet")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.train_processes}",
         "-m", "models.distributed", str(prepared), str(work / "rows.parquet"), str(out), "--k", str(settings.eval_k),
         "--max-users", str(settings.eval_max_users), "--metric", settings.primary_metric,
     ]
     if len(data.holdout):
-        data.holdout.to_parquet(work / "holdout.parquet", index=False)
-        pd.DataFrame({"user_id": data.eval_users.astype(str)}).to_parquet(work / "eval_users.parquet", index=False)
+        write_parquet(data.holdout, work / "holdout.parquet")
+        write_parquet(pd.DataFrame({"user_id": data.eval_users.astype(str)}), work / "eval_users.parquet")
         command += ["--holdout", str(work / "holdout.parquet"), "--eval-users", str(work / "eval_users.parquet")]
     if recommender.config.device == "cpu":
         command += ["--backend", "gloo"]

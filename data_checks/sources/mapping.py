@@ -35,6 +35,7 @@ from data_checks.contract import (
 from data_checks.interactions import UTC_OFFSET
 from data_checks.landing import KEY_COLUMNS, parquet_as_text
 from data_checks.sources import write_landing_csv
+from models.files import read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +372,7 @@ def read_source_file(path: Path, spec: TableSpec) -> pd.DataFrame:
     file_format = spec.format or _format_of(path)
     try:
         if file_format == "parquet":
-            return _parquet_as_text(pd.read_parquet(path), spec)
+            return _parquet_as_text(read_parquet(path), spec)
         encoding = "utf-8-sig" if codecs.lookup(spec.encoding).name == "utf-8" else spec.encoding
         return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""], sep=spec.delimiter, encoding=encoding)
     except pd.errors.EmptyDataError:
