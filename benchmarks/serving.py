@@ -90,7 +90,7 @@ def build_champion(name: str, work: Path, seed: int) -> dict:
         recommender.save(checkpoint)
         history.sample(min(len(history), 20_000), random_state=seed).to_parquet(reference, index=False)
         example = pd.DataFrame({"user_id": recommender.users.ids[:1] + ["new-visitor"], "k": 3})
-        uri = log_served_model(checkpoint, reference, example, ServingLimits())
+        uri = log_served_model(checkpoint, reference, example, ServingLimits()).model_uri
     version = mlflow.register_model(uri, "ecommerce-recommender").version
     MlflowClient().set_registered_model_alias("ecommerce-recommender", "champion", version)
     return {

@@ -33,23 +33,24 @@ def bootstrap(settings: Settings | None = None, until: datetime | None = None) -
     """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
-    reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
-    existing = load_champion(settings)
-    if existing is not None:
-        raise ChampionExistsError(
-            f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
-            "bootstrap trains the first champion; new data goes through the continuous-training flow"
-        )
-    with parent_run(settings, "bootstrap"):  # this run's MLflow runs nest under one
+    # This run's MLflow runs nest under one parent, and its MLflow calls share one look-up of the experiment.
+    with parent_run(settings, "bootstrap"):
+        reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
+        existing = load_champion(settings)
+        if existing is not None:
+            raise ChampionExistsError(
+                f"{settings.registered_model_name}@{settings.champion_alias} is already version {existing.version}: "
+                "bootstrap trains the first champion; new data goes through the continuous-training flow"
+            )
         outcomes = [BatchOutcome.of_validation(v) for v in validate_new_files(settings)]
         trained = train_and_gate(settings, "bootstrap", None, until=until)
-    outcomes.append(
-        BatchOutcome(
-            "bootstrap (from scratch)", trained.rows, trained.rows, 0, "trained", update=True, reasons=trained.reasons,
-            challenger_recall=trained.challenger_recall, promoted=trained.promoted, champion_version=trained.champion_version,
-            mlflow_run_id=trained.mlflow_run_id,
+        outcomes.append(
+            BatchOutcome(
+                "bootstrap (from scratch)", trained.rows, trained.rows, 0, "trained", update=True, reasons=trained.reasons,
+                challenger_recall=trained.challenger_recall, promoted=trained.promoted, champion_version=trained.champion_version,
+                mlflow_run_id=trained.mlflow_run_id,
+            )
         )
-    )
-    prune_model_files(settings)
-    summary = publish_report("Bootstrap", outcomes)
-    return Completed(message=summary, data=outcomes)
+        prune_model_files(settings)
+        summary = publish_report("Bootstrap", outcomes)
+        return Completed(message=summary, data=outcomes)

@@ -59,13 +59,14 @@ def continuous_training(settings: Settings | None = None) -> State:
     """
     # Resolved at run time, so a deployment reads FRESHREC_* from its worker's environment.
     settings = settings or Settings()
-    reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
-    if load_champion(settings) is None:
-        raise NoChampionError(
-            f"no {settings.registered_model_name}@{settings.champion_alias} in {redact(settings.mlflow_tracking_uri)}: "
-            "run the bootstrap flow first (python -m flows bootstrap)"
-        )
-    with parent_run(settings, "continuous-training"):  # this run's MLflow runs nest under one
+    # This run's MLflow runs nest under one parent, and its MLflow calls share one look-up of the experiment.
+    with parent_run(settings, "continuous-training"):
+        reconcile_registry(settings)  # a run stopped mid-move left the registry behind the ledger
+        if load_champion(settings) is None:
+            raise NoChampionError(
+                f"no {settings.registered_model_name}@{settings.champion_alias} in {redact(settings.mlflow_tracking_uri)}: "
+                "run the bootstrap flow first (python -m flows bootstrap)"
+            )
         # Batches with nothing to decide on (catalogs, rejected files) are reported as validated.
         outcomes = [
             BatchOutcome.of_validation(v) for v in validate_new_files(settings) if v.kind == "catalog" or v.rows_accepted == 0
@@ -75,6 +76,6 @@ def continuous_training(settings: Settings | None = None) -> State:
         for validation in find_undecided_batches(settings):
             state = update_on_batch(validation, settings, return_state=True)
             outcomes.append(state.result() if state.is_completed() else record_batch_failure(settings, validation, state.message or state.name))
-    prune_model_files(settings)
-    summary = publish_report("Continuous training", outcomes)
-    return Completed(message=summary, data=outcomes)
+        prune_model_files(settings)
+        summary = publish_report("Continuous training", outcomes)
+        return Completed(message=summary, data=outcomes)

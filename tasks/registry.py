@@ -21,6 +21,7 @@ from mlflow.entities import Metric
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -77,6 +78,11 @@ def log_run(
         # All the new rows, holdout included: a time-cut sample would skew weekday and hour.
         reference = reference_sample(pd.concat([data.new, data.holdout]), settings.reference_sample_rows, settings.seed)
         write_parquet(reference, reference_path)
+        # The model before any metric: MLflow's log_model reads back the history of every metric
+        # the run already has (one request per name, each a password check on a server with
+        # basic auth) to link the step-0 values to the model; the run's figures below name the
+        # model themselves, in one request (the curves, at their steps, stay the run's).
+        model = log_served_model(checkpoint_path, reference_path, example, serving_limits(settings))
         log_training_curves(run.info.run_id, recommender)
         mlflow.log_params(
             {
@@ -123,7 +129,7 @@ def log_run(
             metrics |= {"drift_share": drift.drift_share, "unseen_item_share": drift.unseen_item_share}
             if drift.report_path:
                 mlflow.log_artifact(drift.report_path, artifact_path="reports")
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(metrics, model_id=model.model_id)
         log_lineage(settings, data)
         card = ChampionCard(
             trained_until=str(pd.Timestamp(data.data_range()["trained_until"]).isoformat()), eval_k=settings.eval_k,
@@ -139,13 +145,13 @@ def log_run(
                 "freshrec.verdict_reasons": json.dumps(verdict.reasons),
             }
         )
-        return run.info.run_id, log_served_model(checkpoint_path, reference_path, example, serving_limits(settings))
+        return run.info.run_id, model.model_uri
 
 
-def log_served_model(checkpoint_path: Path, reference_path: Path, example: pd.DataFrame, limits: ServingLimits) -> str:
+def log_served_model(checkpoint_path: Path, reference_path: Path, example: pd.DataFrame, limits: ServingLimits) -> ModelInfo:
     """Log the registered model's form, the pyfunc of models.pyfunc with its checkpoint, drift
-    reference and serving limits, to the active MLflow run; returns its model URI."""
-    info = mlflow.pyfunc.log_model(
+    reference and serving limits, to the active MLflow run; returns its model URI and id."""
+    return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(MODELS_DIR / "mlflow_model.py"),
         artifacts={"checkpoint": str(checkpoint_path), "reference": str(reference_path)},
@@ -155,7 +161,6 @@ def log_served_model(checkpoint_path: Path, reference_path: Path, example: pd.Da
         model_config=limits.as_config(),
         pip_requirements=serving_requirements(),
     )
-    return info.model_uri
 
 
 def log_training_curves(run_id: str, recommender: Recommender) -> None:

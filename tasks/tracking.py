@@ -124,6 +124,8 @@ class ParentRun:
     flow_name: str
     run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # The experiments' ids the flow run has looked up, by (tracking URI, experiment name).
+    experiment_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 _PARENT: ContextVar[ParentRun | None] = ContextVar("freshrec_mlflow_parent_run", default=None)
@@ -195,13 +197,24 @@ def mlflow_client(settings: Settings, experiment_name: str | None = None) -> tup
     experiment ``experiment_name`` (default: the settings'), created on first use."""
     client = registry_client(settings)
     name = experiment_name or settings.experiment_name
+    # Inside a flow run the id is looked up once (a run asks a dozen times, each a request and,
+    # on a server with basic auth, a password check); outside one, every time.
+    parent = _PARENT.get()
+    known = parent.experiment_ids if parent is not None else {}
+    key = (settings.mlflow_tracking_uri, name)
+    if key not in known:
+        known[key] = _experiment_id(client, name, settings)
+    return client, known[key]
+
+
+def _experiment_id(client: MlflowClient, name: str, settings: Settings) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        return client, experiment.experiment_id
+        return experiment.experiment_id
     try:
-        return client, client.create_experiment(name, artifact_location=artifact_location(settings))
+        return client.create_experiment(name, artifact_location=artifact_location(settings))
     except MlflowException:  # created meanwhile by a concurrent run
-        return client, client.get_experiment_by_name(name).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def artifact_location(settings: Settings) -> str | None:

@@ -33,14 +33,21 @@ def runs_by_stage(client: MlflowClient, experiment_id: str) -> dict[str, list]:
     return stages
 
 
-def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_server, tmp_path):
+def test_runs_nest_under_their_flow_run_and_versions_say_why(settings, prefect_server, tmp_path, monkeypatch):
     # The process's own MLflow store, set before freshrec runs, is the one it finds after.
     own = f"sqlite:///{tmp_path / 'own-mlflow.db'}"
     mlflow.set_tracking_uri(own)
+    # A flow run looks its experiment up once, not at each of its MLflow calls (each a request
+    # to a tracking server, and a password check on one with basic auth).
+    lookups = []
+    real_lookup = MlflowClient.get_experiment_by_name
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: lookups.append(name) or real_lookup(self, name))
     write_weeks(settings.landing_dir, range(0, 2), config=TINY_SHOP)
     run(bootstrap, settings)
+    assert lookups == [settings.experiment_name]
     write_weeks(settings.landing_dir, range(2, 4), config=TINY_SHOP)
     outcomes, _ = run(continuous_training, settings)
+    assert lookups == [settings.experiment_name] * 2  # its batches' subflows share the run's
     # A run with nothing new leaves no empty parent behind.
     run(continuous_training, settings)
     assert mlflow.get_tracking_uri() == own and os.environ["MLFLOW_TRACKING_URI"] == own

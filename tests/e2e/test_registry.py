@@ -73,6 +73,27 @@ def _race(barrier, results, settings, run_id, model_uri, champion, tags, batch_i
     results.put((run_id, registration.version, registration.reason))
 
 
+def test_a_training_run_logs_its_model_without_reading_back_its_metrics(bootstrapped, monkeypatch):
+    """Each request to a tracking server with basic auth costs a password check: logging the
+    model after the run's metrics made MLflow read back each metric's history, one request per
+    name (58 for a run). The model is logged first and the run's figures name it themselves."""
+    settings, champion = bootstrapped
+    reads = []
+    real = MlflowClient.get_metric_history
+    monkeypatch.setattr(MlflowClient, "get_metric_history", lambda self, *a, **k: reads.append(a) or real(self, *a, **k))
+    run_id, model_uri, _, _ = challenger_run(settings, champion, seed=3)
+    assert reads == []
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(run_id)
+    (output,) = run.outputs.model_outputs
+    assert model_uri == f"models:/{output.model_id}"
+    linked = {m.key: m.value for m in client.get_logged_model(output.model_id).metrics}
+    assert linked["challenger_recall"] == run.data.metrics["challenger_recall"]
+    assert "eval_users" in linked and "train_seconds" in linked
+    assert len(client.get_metric_history(run_id, "epoch_loss")) >= 1  # the curves stay the run's
+
+
 def test_two_challengers_against_one_champion_promote_once(bootstrapped):
     settings, champion = bootstrapped
     assert champion.version == "1"
