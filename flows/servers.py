@@ -157,6 +157,9 @@ def start_mlflow(state: Path, port: int, backend_store_uri: str | None = None, a
     # The store's URL (with its password) in the environment, which other users cannot read,
     # not in the arguments, which `ps` shows everyone.
     env = _env(MLFLOW_BACKEND_STORE_URI=backend_store_uri or f"sqlite:///{(state / 'mlflow.db').resolve()}")
+    # MLflow's job runner (GenAI scorers, prompt optimisation, trace roll-ups: nothing freshrec
+    # uses) starts seven more processes, each importing MLflow: off unless the environment asks.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth is not None:
         # The stores, artifacts and user hashes are what authentication protects: no other local user reads them.
         state.chmod(0o700)
