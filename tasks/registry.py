@@ -87,6 +87,8 @@ def log_run(
         mlflow.log_params(
             {
                 "init_from": challenger.init_from,
+                "device": challenger.device or "unknown",
+                "train_processes": settings.train_processes,
                 "epochs": challenger.epochs,
                 "best_epoch": challenger.best_epoch,
                 "max_steps": recommender.config.max_steps,

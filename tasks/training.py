@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -30,7 +31,7 @@ from models.files import read_parquet, write_parquet
 from models.metrics import bootstrap_ci
 from models.text import catalog_title_vectors
 from models.recommender import Recommender, TrainConfig
-from models.train import calibrate_memory_weight, event_weights, prepare, remember, train
+from models.train import calibrate_memory_weight, event_weights, pick_device, prepare, remember, train
 from tasks import history, ledger
 from tasks.logs import run_logger
 from tasks.gates import PromotionEvidence
@@ -80,6 +81,7 @@ class Challenger:
     epochs: int  # epochs run (early stopping may end before the budget)
     best_epoch: int  # the epoch whose weights were kept (0: the starting weights)
     final_loss: float
+    device: str = ""  # where it trained, as `trained_on` says it
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,19 @@ def _fit(data: TrainingData, champion: ChampionInfo | None, settings: Settings, 
         epochs=recommender.training.epochs_done,
         best_epoch=recommender.training.best_epoch,
         final_loss=recommender.training.history[-1]["loss"] if recommender.training.history else float("nan"),
+        device=trained_on(config.device, settings.train_processes),
     )
+
+
+def trained_on(requested: str, processes: int = 1) -> str:
+    """The device ``requested`` ("auto", "cpu", "cuda", "cuda:1") resolves to here, in words:
+    "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"; with more than one process, how many under torchrun."""
+    device = pick_device(requested)
+    name = device.type
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return name if processes == 1 else f"{name}, {processes} processes under torchrun"
 
 
 def train_with_torchrun(recommender: Recommender, rows: pd.DataFrame, data: TrainingData, settings: Settings, work: Path) -> Recommender:

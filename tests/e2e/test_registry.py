@@ -24,7 +24,7 @@ from tasks import ledger
 from tasks.gates import judge_challenger
 from tasks.registry import PREVIOUS_ALIAS, log_run, register, version_tags
 from tasks.tracking import ChampionInfo, load_champion
-from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger
+from tasks.training import assemble_training_data, evaluate_models, remember_holdout, train_challenger, trained_on
 from models.settings import Settings
 from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest, race
 
@@ -92,6 +92,8 @@ def test_a_training_run_logs_its_model_without_reading_back_its_metrics(bootstra
     assert linked["challenger_recall"] == run.data.metrics["challenger_recall"]
     assert "eval_users" in linked and "train_seconds" in linked
     assert len(client.get_metric_history(run_id, "epoch_loss")) >= 1  # the curves stay the run's
+    # Where it trained, for a person comparing runs on different machines.
+    assert run.data.params["device"] == trained_on(settings.device) and run.data.params["train_processes"] == "1"
 
 
 def test_two_challengers_against_one_champion_promote_once(bootstrapped):

@@ -23,7 +23,7 @@ from models import text
 from models.evaluate import evaluate
 from models.recommender import Recommender, TrainConfig
 from models.train import lr_factor, prepare, train
-from tasks.training import TrainingData, train_challenger
+from tasks.training import TrainingData, train_challenger, trained_on
 from tests.conftest import TINY_SHOP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +153,16 @@ def test_the_training_task_under_torchrun_trains_the_model_one_process_does(tmp_
     assert b.model.memory_weight.item() == pytest.approx(a.model.memory_weight.item())
     _assert_same_weights(a, b, atol=1e-3)
     assert not list((tmp_path / "two" / "checkpoints").glob("torchrun-*"))  # the launch's files are gone
+
+
+def test_the_device_a_training_ran_on_is_named_in_words():
+    assert trained_on("cpu") == "cpu"
+    assert trained_on("cpu", 2) == "cpu, 2 processes under torchrun"
+    if torch.cuda.is_available():
+        assert trained_on("auto") == f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        assert trained_on("cuda", 1).startswith("cuda:0 (")
+    else:
+        assert trained_on("auto") == "cpu"
 
 
 def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(shop):
