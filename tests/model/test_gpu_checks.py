@@ -15,7 +15,7 @@ from benchmarks import gpu_checks
 def test_the_torchrun_check_passes_on_cpu_and_writes_its_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "gpu_checks.json"
-    assert gpu_checks.main(["--device", "cpu", "--checks", "torchrun", "--out", str(out)]) == 0
+    assert gpu_checks.main(["--device", "cpu", "--checks", "torchrun", "--no-text", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     check = result["torchrun"]
     assert check["passed"] and check["backend"] == "gloo"
