@@ -98,7 +98,7 @@ def check_flow(device: str, work: Path, title_text: bool = True) -> dict:
     }
 
 
-def check_torchrun(device: str, work: Path, title_text: bool = False) -> dict:
+def check_torchrun(device: str, work: Path, title_text: bool = True) -> dict:
     """The training task's own process against torchrun with one process, same data and seed."""
     from data_checks.sources.synthetic import ShopConfig, SyntheticShop
     from models.recommender import Recommender

@@ -87,7 +87,7 @@ def log_run(
         mlflow.log_params(
             {
                 "init_from": challenger.init_from,
-                "device": challenger.device or "unknown",
+                "device": challenger.device,
                 "train_processes": settings.train_processes,
                 "epochs": challenger.epochs,
                 "best_epoch": challenger.best_epoch,

@@ -81,7 +81,7 @@ class Challenger:
     epochs: int  # epochs run (early stopping may end before the budget)
     best_epoch: int  # the epoch whose weights were kept (0: the starting weights)
     final_loss: float
-    device: str = ""  # where it trained, as `trained_on` says it
+    device: str  # where it trained, as `trained_on` says it
 
 
 @dataclass(frozen=True)
