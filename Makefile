@@ -26,10 +26,11 @@ demo: $(INSTALLED)
 # Tests keep Prefect's files out of the demo's state; each test makes its own freshrec home.
 # pytest-xdist spreads the test files over the machine's cores (TEST_WORKERS=0: one process);
 # a file's tests stay in one worker, so its module-scoped servers and champions are built once.
+# Files go out in the order tests/conftest.py sorts them (end-to-end first), not by test count.
 TEST_WORKERS ?= auto
 test: $(INSTALLED)
 	mkdir -p .pytest_cache/prefect-home
-	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	PREFECT_HOME=$(CURDIR)/.pytest_cache/prefect-home $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The Online Retail backtest (about 16 minutes on 2 cores, with every peer); its state stays out of the demo's.
 backtest: $(INSTALLED)

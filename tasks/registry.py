@@ -187,8 +187,9 @@ def log_training_curves(run_id: str, recommender: Recommender) -> None:
 
 
 # Rows whose values MLflow reads one by one to infer a dataset's column types: its inference
-# walks every value in Python (about a minute for the two million rows of a large update).
-LINEAGE_SCHEMA_ROWS = 10_000
+# walks every value in Python (about a minute for the two million rows of a large update; 0.12 s
+# for 10,000 rows, 0.03 s for 1,000: `lineage_dataset` on a 50,000-row frame, 2-core machine).
+LINEAGE_SCHEMA_ROWS = 1_000
 
 
 def lineage_dataset(frame: pd.DataFrame, source: str, name: str) -> PandasDataset:

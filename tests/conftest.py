@@ -67,6 +67,20 @@ def completed_run(flow, settings):
     return state.result(), state.message
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end files first, then the other slow files, then the rest, each group in
+    collection order. `make test` hands files to its workers in this order
+    (`--no-loadscope-reorder`): the files that run for minutes start at once and the quick ones
+    fill the gaps at the end, rather than one worker running the last long file alone."""
+
+    groups: dict[Path, int] = {}
+    for item in items:  # a file's group is that of its slowest test, so a file stays in one piece
+        slow = item.get_closest_marker("slow") is not None
+        group = (0 if item.path.parent.name == "e2e" else 1) if slow else 2
+        groups[item.path] = min(group, groups.get(item.path, 2))
+    items.sort(key=lambda item: groups[item.path])  # stable: within a group, the order pytest collected
+
+
 @pytest.fixture(autouse=True)
 def no_tracking_uri_left_behind():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which Settings honours: without this,
