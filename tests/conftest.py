@@ -93,7 +93,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     collection order. `make test` hands files to its workers in this order
     (`--no-loadscope-reorder`): the files that run for minutes start at once and the quick ones
     fill the gaps at the end, rather than one worker running the last long file alone."""
-
     groups: dict[Path, int] = {}
     for item in items:  # a file's group is that of its slowest test, so a file stays in one piece
         slow = item.get_closest_marker("slow") is not None

@@ -31,7 +31,7 @@ def _vector_of(title: str) -> np.ndarray:
 
 
 def _add_titles(barrier, results, cache_dir: Path, titles: list[str]) -> None:
-    text.encode = _fake_encode  # a fresh interpreter of its own: nothing to restore
+    text.encode = _fake_encode  # a process of its own: nothing to restore
     barrier.wait()
     text.TitleCache(cache_dir).vectors(pd.Series(titles, dtype="string"))
     results.put(len(titles))
