@@ -45,24 +45,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# What a racing process needs imported, loaded once into the fork server of a test worker.
-RACE_PRELOAD = ["flows.continuous_training", "great_expectations", "tests.conftest"]
+# What a process forked for a test (race, the crash windows' killed runs) needs imported, loaded
+# once into the fork server of a test worker.
+FORK_PRELOAD = ["flows.bootstrap", "flows.continuous_training", "flows.rollback", "great_expectations", "evidently", "tests.conftest"]
+
+
+def fork_context():
+    """multiprocessing's "forkserver" context: each process is forked from a server, one per test
+    worker, that has imported ``FORK_PRELOAD`` and done nothing else. No client, engine or
+    connection is shared with the test or between the processes, as in a fresh interpreter,
+    without importing the libraries again in each one (seconds apiece). The server's environment
+    is the one of the moment it started: run targets through ``in_environment``."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_PRELOAD)  # used when this worker's fork server starts
+    return context
 
 
 def race(target: Callable, argument_lists: list[tuple], timeout: float = 300) -> list:
-    """Run ``target(barrier, results, *arguments)`` in one new process per argument list, all
-    released at once by the barrier; returns what each put on ``results``.
-
-    Each process is forked from the worker's fork server (multiprocessing's "forkserver"), which
-    has imported ``RACE_PRELOAD`` and done nothing else: no client, engine or connection is shared
-    with the test or with the other processes, as in a fresh interpreter, without importing the
-    libraries again in each one (seconds apiece). The test's environment is put in place first."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(RACE_PRELOAD)  # used when this worker's fork server starts
+    """Run ``target(barrier, results, *arguments)`` in one new process per argument list (from
+    ``fork_context``, in the test's environment), all released at once by the barrier; returns
+    what each put on ``results``."""
+    context = fork_context()
     barrier, results = context.Barrier(len(argument_lists)), context.Queue()
     environment = dict(os.environ)
     processes = [
-        context.Process(target=_in_environment, args=(environment, target, barrier, results, *arguments)) for arguments in argument_lists
+        context.Process(target=in_environment, args=(environment, target, barrier, results, *arguments)) for arguments in argument_lists
     ]
     for process in processes:
         process.start()
@@ -73,7 +80,7 @@ def race(target: Callable, argument_lists: list[tuple], timeout: float = 300) ->
     return outcomes
 
 
-def _in_environment(environment: dict[str, str], target: Callable, *arguments) -> None:
+def in_environment(environment: dict[str, str], target: Callable, *arguments) -> None:
     """``target(*arguments)`` with ``environment`` as the process's environment: the fork server's
     is the one of the moment it started, not the test's."""
     os.environ.clear()

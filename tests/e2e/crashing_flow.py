@@ -1,9 +1,10 @@
 """Run one real flow in this process and SIGKILL it at one point of an update: what a lost
-node, an OOM kill or a power cut does to a run. test_crash_windows.py starts it as
+node, an OOM kill or a power cut does to a run. test_crash_windows.py forks it from its test
+worker's fork server (``run_logged``); by hand:
 
     python -m tests.e2e.crashing_flow FLOW WINDOW [REASON]
 
-with the test's settings in FRESHREC_* and its Prefect server in PREFECT_API_URL. The windows are
+with the settings in FRESHREC_* and the Prefect server in PREFECT_API_URL. The windows are
 monkeypatched here, not hooked in production code:
 
 - ``claimed``: right after the ledger recorded the move, before the registry was touched;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -85,6 +87,21 @@ def main(flow_name: str, window: str, reason: str = "") -> int:
         raise SystemExit(f"unknown flow {flow_name}")
     print(f"the {flow_name} flow ended without reaching the {window} window: {state.type.value}: {state.message}")
     return 3
+
+
+def run_logged(output: Path, flow_name: str, window: str, reason: str = "") -> None:
+    """``main`` in a process forked for it (test_crash_windows.py), its output written to
+    ``output``, against the Prefect server in PREFECT_API_URL: Prefect read its settings when the
+    fork server imported it, before that variable was this run's."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with open(output, "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        code = main(flow_name, window, reason)
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

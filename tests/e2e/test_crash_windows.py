@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,8 @@ from models import train as train_module
 from models.recommender import Recommender
 from tasks import ledger
 from tasks.registry import PREVIOUS_ALIAS
-from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest
+from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest, fork_context, in_environment
+from tests.e2e import crashing_flow
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -72,17 +71,21 @@ def bootstrapped(bootstrapped_home: HomeAtRest, monkeypatch: pytest.MonkeyPatch)
 
 
 def killed(settings: Settings, flow_name: str, window: str, reason: str = "", **overrides) -> None:
-    """Run ``flow_name`` in a child process that SIGKILLs itself at ``window``."""
+    """Run ``flow_name`` in a child process that SIGKILLs itself at ``window`` (forked from the
+    worker's fork server: tests/conftest.py, ``fork_context``)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_") and k != "MLFLOW_TRACKING_URI"} | CHILD_ENV
     env |= {f"FRESHREC_{key.upper()}": str(value) for key, value in {**OVERRIDES, **overrides}.items()}
     env |= {"FRESHREC_HOME": str(settings.home), "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's server
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.crashing_flow", flow_name, window, reason],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert child.returncode == -signal.SIGKILL, f"exit {child.returncode}:\n{child.stdout[-3000:]}\n{child.stderr[-3000:]}"
+    output = settings.home.parent / f"killed-{flow_name}-{window}.log"
+    child = fork_context().Process(target=in_environment, args=(env, crashing_flow.run_logged, output, flow_name, window, reason))
+    child.start()
+    child.join(timeout=600)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+    assert child.exitcode == -signal.SIGKILL, f"exit {child.exitcode}:\n{output.read_text()[-6000:] if output.exists() else ''}"
 
 
 def completed(flow, *args, **kwargs):
