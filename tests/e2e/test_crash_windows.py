@@ -37,7 +37,6 @@ from tests.conftest import CHILD_ENV, TINY_SHOP, TINY_SHOP_SETTINGS, HomeAtRest,
 from tests.e2e import crashing_flow
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 # This test is about what a crash leaves, not the gate (tested in tests/code): a challenger that
 # reaches the value threshold always promotes, so every update moves the alias.
 OVERRIDES = dict(TINY_SHOP_SETTINGS, min_improvement=-1.0, min_relative_improvement=-1.0, max_forgetting=1.0)
@@ -82,10 +81,13 @@ def killed(settings: Settings, flow_name: str, window: str, reason: str = "", **
     child = fork_context().Process(target=in_environment, args=(env, crashing_flow.run_logged, output, flow_name, window, reason))
     child.start()
     child.join(timeout=600)
-    if child.exitcode is None:
+    hung = child.exitcode is None
+    if hung:  # killed here, it would exit as the window's own SIGKILL does
         child.kill()
         child.join()
-    assert child.exitcode == -signal.SIGKILL, f"exit {child.exitcode}:\n{output.read_text()[-6000:] if output.exists() else ''}"
+    said = output.read_text()[-6000:] if output.exists() else ""
+    assert not hung, f"the {flow_name} run was still going after 600 s:\n{said}"
+    assert child.exitcode == -signal.SIGKILL, f"exit {child.exitcode}:\n{said}"
 
 
 def completed(flow, *args, **kwargs):
