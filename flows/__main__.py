@@ -95,7 +95,7 @@ def cmd_land(args: argparse.Namespace) -> int:
         else:
             print(plain_text(
                 f"landed {landed.path} ({landed.size_bytes:,} bytes, sha256 {landed.sha256[:16]})"
-                + (f", event {commands.events.BATCH_LANDED} sent" if report.event_sent else ", no event sent")
+                + (f", event {report.event_sent} sent" if report.event_sent else ", no event sent")
             ))
     if not commands.events_configured():
         print("no Prefect API (PREFECT_API_URL) to send events to: the next continuous-training run finds the files", file=sys.stderr)

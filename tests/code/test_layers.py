@@ -15,6 +15,7 @@ cycle hidden inside a function is still a cycle).
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,20 @@ def test_importing_the_flows_or_the_service_loads_no_validation_or_drift_library
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "[]", f"importing {', '.join(modules)} imports {done.stdout.strip()}"
+
+
+def test_the_ledger_and_an_empty_history_load_no_prefect_mlflow_or_torch(tmp_path):
+    """`freshrec ledger` reads a SQL table: it starts in under a second, not after the seconds
+    Prefect, MLflow and torch take to import (the history needs MLflow only once there are moves)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from flows.__main__ import main; "
+        "codes = [main(['ledger']), main(['ledger', '--json']), main(['history'])]; "
+        "print(codes, sorted(m for m in ('prefect', 'mlflow', 'torch', 'evidently', 'great_expectations') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")} | {"FRESHREC_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[0, 0, 0] []", done.stdout
